@@ -1,0 +1,115 @@
+//! `ripple serve`: load and check the config, open storage, serve HTTP
+//! until SIGTERM or SIGINT, then drain requests and close storage.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use tokio::net::TcpListener;
+
+use crate::config::{Config, Engine};
+use crate::http::{self, AppState};
+use crate::node::{Limits, Node};
+use crate::storage::embedded::Embedded;
+use crate::storage::Storage;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML config file; without one, a single node on 127.0.0.1:7070.
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (overrides `listen`); port 0 picks a free one.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Data directory (overrides `data_dir`).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// This node's id (overrides `node_id`).
+    #[arg(long)]
+    pub node_id: Option<String>,
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(id) = args.node_id {
+        config.node_id = id;
+    }
+    config.validate().context("invalid configuration")?;
+    init_logging();
+
+    let storage: Arc<dyn Storage> = match config.storage.engine {
+        Engine::Embedded => Arc::new(Embedded::open(&config.data_dir)?),
+    };
+    let limits = Limits {
+        max_key_bytes: config.limits.max_key_bytes,
+        max_value_bytes: config.limits.max_value_bytes,
+    };
+    let node = Arc::new(Node::new(config.node_id.clone(), storage, limits).await?);
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let state = AppState {
+        node: node.clone(),
+        public_url: http::base_url(addr),
+        max_header_bytes: config.limits.max_header_bytes,
+    };
+    tracing::info!(node_id = %config.node_id, data_dir = %config.data_dir.display(), "storage open");
+    // The one line on stdout: tests and scripts read the bound address here.
+    println!(
+        "ripple node {} listening on {}",
+        config.node_id,
+        http::base_url(addr)
+    );
+    std::io::stdout().flush()?;
+
+    http::serve(
+        listener,
+        http::router(state),
+        config.limits.max_header_bytes,
+        shutdown_signal(),
+    )
+    .await;
+    tracing::info!("requests drained; closing storage");
+    node.close().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+}

@@ -1,0 +1,254 @@
+//! The node's TOML configuration: parsing, defaults, and validation with
+//! messages that name the offending key.
+//!
+//! ```toml
+//! node_id = "n1"
+//! listen = "127.0.0.1:7070"
+//! data_dir = "./ripple-data"
+//! [storage]
+//! engine = "embedded"
+//! [limits]
+//! max_key_bytes = 1024
+//! max_value_bytes = 16777216
+//! max_header_bytes = 65536
+//! [cluster]
+//! members = [ { id = "n1", url = "http://127.0.0.1:7070" } ]
+//! ```
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+/// A whole node configuration, after defaults.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_node_id")]
+    pub node_id: String,
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+}
+
+/// `[storage]`: which engine keeps the data.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    #[serde(default)]
+    pub engine: Engine,
+}
+
+/// The storage engines this build has.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// redb, in `data_dir`.
+    #[default]
+    Embedded,
+}
+
+/// `[limits]`: what a client may send.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    #[serde(default = "default_max_key_bytes")]
+    pub max_key_bytes: usize,
+    #[serde(default = "default_max_value_bytes")]
+    pub max_value_bytes: usize,
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_key_bytes: default_max_key_bytes(),
+            max_value_bytes: default_max_value_bytes(),
+            max_header_bytes: default_max_header_bytes(),
+        }
+    }
+}
+
+/// `[cluster]`: every member of the cluster, the same list on every node.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    #[serde(default)]
+    pub members: Vec<Member>,
+}
+
+/// One cluster member: its node id and the base URL peers reach it at.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    pub id: String,
+    pub url: String,
+}
+
+fn default_node_id() -> String {
+    "n1".into()
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7070))
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./ripple-data")
+}
+fn default_max_key_bytes() -> usize {
+    1024
+}
+fn default_max_value_bytes() -> usize {
+    16 << 20
+}
+fn default_max_header_bytes() -> usize {
+    64 << 10
+}
+
+/// Largest key a node may be configured to take.
+pub const MAX_KEY_BYTES_LIMIT: usize = 64 << 10;
+/// Largest value a node may be configured to take.
+pub const MAX_VALUE_BYTES_LIMIT: usize = 1 << 30;
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_id: default_node_id(),
+            listen: default_listen(),
+            data_dir: default_data_dir(),
+            storage: StorageConfig::default(),
+            limits: LimitsConfig::default(),
+            cluster: ClusterConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and parses `path` (no validation yet: flags may still override).
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Config::parse(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    /// Parses TOML text.
+    pub fn parse(text: &str) -> anyhow::Result<Config> {
+        toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))
+    }
+
+    /// Checks every value and fills the member list of a single node.
+    pub fn validate(&mut self) -> anyhow::Result<()> {
+        check_node_id("node_id", &self.node_id)?;
+        let l = &self.limits;
+        if l.max_key_bytes == 0 || l.max_key_bytes > MAX_KEY_BYTES_LIMIT {
+            bail!(
+                "limits.max_key_bytes must be between 1 and {MAX_KEY_BYTES_LIMIT}, not {}",
+                l.max_key_bytes
+            );
+        }
+        if l.max_value_bytes > MAX_VALUE_BYTES_LIMIT {
+            bail!(
+                "limits.max_value_bytes must be at most {MAX_VALUE_BYTES_LIMIT}, not {}",
+                l.max_value_bytes
+            );
+        }
+        if l.max_header_bytes < 1024 || l.max_header_bytes > (1 << 20) {
+            bail!(
+                "limits.max_header_bytes must be between 1024 and 1048576, not {}",
+                l.max_header_bytes
+            );
+        }
+        if self.cluster.members.is_empty() {
+            self.cluster.members.push(Member {
+                id: self.node_id.clone(),
+                url: format!("http://{}", self.listen),
+            });
+        }
+        let mut seen = HashSet::new();
+        for (i, m) in self.cluster.members.iter().enumerate() {
+            check_node_id(&format!("cluster.members[{i}].id"), &m.id)?;
+            if !seen.insert(m.id.as_str()) {
+                bail!("cluster.members: the id {:?} appears more than once", m.id);
+            }
+            check_url(&format!("cluster.members[{i}].url"), &m.url)?;
+        }
+        if !seen.contains(self.node_id.as_str()) {
+            bail!(
+                "cluster.members does not list this node's node_id {:?}",
+                self.node_id
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Node ids appear in versions and URLs: 1 to 64 of `[A-Za-z0-9_.-]`.
+fn check_node_id(name: &str, id: &str) -> anyhow::Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if !ok {
+        bail!("{name} must be 1 to 64 characters of letters, digits, '_', '.' or '-', not {id:?}");
+    }
+    Ok(())
+}
+
+fn check_url(name: &str, url: &str) -> anyhow::Result<()> {
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{name} is not a URL: {url:?}"))?;
+    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        bail!("{name} must look like http://host:port, not {url:?}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        match Config::parse(text).and_then(|mut c| c.validate().map(|_| c)) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[test]
+    fn defaults_make_a_single_node() {
+        let mut c = Config::parse("").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.node_id, "n1");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7070");
+        assert_eq!(c.cluster.members.len(), 1);
+        assert_eq!(c.cluster.members[0].url, "http://127.0.0.1:7070");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(err("nodeid = \"x\"").contains("nodeid"));
+        assert!(err("[limits]\nmax_key_bytes = 0").contains("max_key_bytes"));
+        assert!(err("[limits]\nmax_key_bytes = -1").contains("max_key_bytes"));
+        assert!(err("listen = \"nowhere\"").contains("listen"));
+        assert!(err("[storage]\nengine = \"oracle\"").contains("oracle"));
+        assert!(err("node_id = \"a b\"").contains("node_id"));
+        assert!(err("[cluster]\nmembers = [{id = \"n2\", url = \"http://h:1\"}]").contains("n1"));
+        assert!(err("[cluster]\nmembers = [{id = \"n1\", url = \"http://h:1\"}, {id = \"n1\", url = \"http://h:2\"}]")
+            .contains("more than once"));
+        assert!(
+            err("[cluster]\nmembers = [{id = \"n1\", url = \"ftp://h\"}]")
+                .contains("members[0].url")
+        );
+    }
+}

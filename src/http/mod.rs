@@ -1,0 +1,253 @@
+//! The HTTP layer: the router over the node core, the request helpers the
+//! route modules share, and the server loop (accept, serve with keep-alive,
+//! drain on shutdown).
+//!
+//! Routes: `/health`, the v1 API (`v1`), and the seed's routes
+//! (`seed_routes`). Every error that leaves this layer is JSON, including
+//! the ones the router makes itself (unknown path, wrong method) and
+//! oversize headers, which the `guard` middleware rewrites.
+
+pub mod error;
+pub mod keypath;
+pub mod negotiate;
+pub mod seed_routes;
+pub mod v1;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::Router;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE, IF_MATCH, IF_NONE_MATCH};
+use hyper::StatusCode;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::node::{EtagList, Node, Preconditions};
+use error::ApiError;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub node: Arc<Node>,
+    /// The URL clients reach this node at, for `Location` when a request
+    /// carries no `Host`.
+    pub public_url: String,
+    pub max_header_bytes: usize,
+}
+
+/// Most header fields a request may carry.
+const MAX_HEADERS: usize = 100;
+
+/// How long a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long shutdown waits for in-flight requests before giving up.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Builds the router for one node.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/v1/kv", get(v1::list))
+        .route("/v1/kv/", any(v1::empty_key))
+        .route(
+            "/v1/kv/{*key}",
+            get(v1::get).put(v1::put).delete(v1::delete),
+        )
+        .merge(seed_routes::routes("bucket"))
+        .merge(seed_routes::routes("canonicalbucket"))
+        .fallback(unknown_route)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
+        .with_state(state)
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    json_response(
+        StatusCode::OK,
+        &serde_json::json!({"status": "ok", "node_id": state.node.id()}),
+    )
+}
+
+async fn unknown_route(req: Request) -> ApiError {
+    ApiError::not_found(format!("no route for {}", req.uri().path()))
+}
+
+/// Refuses oversize headers with JSON, and gives the router's own bodyless
+/// 405 answers a JSON body (keeping their `Allow` header).
+async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let headers = req.headers();
+    let header_bytes: usize = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + req.uri().to_string().len();
+    if header_bytes > state.max_header_bytes || headers.len() > MAX_HEADERS {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!(
+                "the request line and headers take {header_bytes} bytes in {} fields; the limits are {} bytes and {MAX_HEADERS} fields",
+                headers.len(),
+                state.max_header_bytes
+            ),
+        )
+        .into_response();
+    }
+    let method = req.method().clone();
+    let res = next.run(req).await;
+    if res.status() == StatusCode::METHOD_NOT_ALLOWED && !res.headers().contains_key(CONTENT_TYPE) {
+        // The router adds `Allow` to this answer on its way out.
+        return ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{method} is not allowed on this path; the Allow header lists what is"),
+        )
+        .into_response();
+    }
+    res
+}
+
+/// A JSON answer.
+pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {
+    let mut res = Response::new(Body::from(serde_json::to_vec(value).unwrap_or_default()));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+/// The key named by the rest of the path after `prefix`, percent-decoded.
+pub fn key_from_path(path: &str, prefix: &str) -> Result<String, ApiError> {
+    let raw = path.strip_prefix(prefix).unwrap_or("");
+    keypath::decode_path(raw).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_key",
+            format!("the key in the path is invalid: {e}"),
+        )
+    })
+}
+
+/// Reads a request body of at most `limit` bytes; 413 beyond that.
+pub async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = |len: Option<u64>| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "value_too_large",
+            match len {
+                Some(len) => format!("the value is {len} bytes long; the limit is {limit} bytes"),
+                None => format!("the value is longer than the limit of {limit} bytes"),
+            },
+        )
+    };
+    if let Some(len) = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > limit as u64 {
+            return Err(too_large(Some(len)));
+        }
+    }
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(None)),
+        Err(e) => Err(ApiError::bad_request(
+            "bad_body",
+            format!("the request body could not be read: {e}"),
+        )),
+    }
+}
+
+/// Parses `If-Match` and `If-None-Match`.
+pub fn preconditions(headers: &HeaderMap) -> Result<Preconditions, ApiError> {
+    let parse = |name: hyper::header::HeaderName| -> Result<Option<EtagList>, ApiError> {
+        let values: Vec<&str> = headers
+            .get_all(&name)
+            .iter()
+            .map(|v| v.to_str())
+            .collect::<Result<_, _>>()
+            .map_err(|_| ApiError::bad_request("bad_header", format!("{name} is not ASCII")))?;
+        if values.is_empty() {
+            return Ok(None);
+        }
+        EtagList::parse(&values.join(",")).map(Some).ok_or_else(|| {
+            ApiError::bad_request(
+                "bad_header",
+                format!("{name} must be * or a list of quoted entity tags"),
+            )
+        })
+    };
+    Ok(Preconditions {
+        if_match: parse(IF_MATCH)?,
+        if_none_match: parse(IF_NONE_MATCH)?,
+    })
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then stops
+/// accepting and waits for in-flight requests to finish.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    max_header_bytes: usize,
+    shutdown: impl Future<Output = ()>,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true)
+        // Leave room past the limit so `guard` can answer oversize headers
+        // with JSON; hyper itself refuses what goes beyond this.
+        .max_buf_size((max_header_bytes * 2).max(64 << 10))
+        .max_headers(MAX_HEADERS * 2);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, go on.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let conn = builder.serve_connection(TokioIo::new(stream), service.clone());
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("in-flight requests did not finish in {DRAIN_TIMEOUT:?}; closing anyway");
+    }
+}
+
+/// The address a listener is bound to, as a base URL.
+pub fn base_url(addr: SocketAddr) -> String {
+    format!("http://{addr}")
+}

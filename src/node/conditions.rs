@@ -1,0 +1,135 @@
+//! Conditional requests: `If-Match` and `If-None-Match` against the current
+//! version of a key, as RFC 9110 defines them for a store whose ETags are
+//! versions. The http layer parses headers into `Preconditions`; the write
+//! path checks them under the key's lock, so check and write are atomic.
+
+use super::version::Version;
+use super::NodeError;
+
+/// An `If-Match` / `If-None-Match` value: `*` or a list of entity tags.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EtagList {
+    Any,
+    /// Opaque tags, without quotes or `W/`.
+    Tags(Vec<String>),
+}
+
+impl EtagList {
+    /// Whether the list matches a key whose live version is `current`
+    /// (`None` when the key is absent or deleted).
+    pub fn matches(&self, current: Option<&Version>) -> bool {
+        match (self, current) {
+            (_, None) => false,
+            (EtagList::Any, Some(_)) => true,
+            (EtagList::Tags(tags), Some(v)) => {
+                let etag = v.to_string();
+                tags.contains(&etag)
+            }
+        }
+    }
+
+    /// Parses a header value: `*`, or comma-separated quoted tags
+    /// (`"a", W/"b"`). Returns `None` when the value is malformed.
+    pub fn parse(value: &str) -> Option<EtagList> {
+        let value = value.trim();
+        if value == "*" {
+            return Some(EtagList::Any);
+        }
+        let mut tags = Vec::new();
+        for part in value.split(',') {
+            let part = part.trim();
+            if part.is_empty() {
+                continue;
+            }
+            let part = part.strip_prefix("W/").unwrap_or(part);
+            let inner = part.strip_prefix('"')?.strip_suffix('"')?;
+            if inner.contains('"') {
+                return None;
+            }
+            tags.push(inner.to_owned());
+        }
+        if tags.is_empty() {
+            return None;
+        }
+        Some(EtagList::Tags(tags))
+    }
+}
+
+/// The conditions of one request.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Preconditions {
+    pub if_match: Option<EtagList>,
+    pub if_none_match: Option<EtagList>,
+}
+
+impl Preconditions {
+    /// Checks a write's conditions against the key's live version.
+    pub fn check(&self, current: Option<&Version>) -> Result<(), NodeError> {
+        if let Some(list) = &self.if_match {
+            if !list.matches(current) {
+                return Err(NodeError::PreconditionFailed(
+                    "If-Match does not match the current version",
+                ));
+            }
+        }
+        if let Some(list) = &self.if_none_match {
+            if list.matches(current) {
+                return Err(NodeError::PreconditionFailed(
+                    "If-None-Match matches the current version",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(ts: u64) -> Version {
+        Version {
+            ts,
+            node: "n1".into(),
+        }
+    }
+
+    #[test]
+    fn parses_star_and_lists() {
+        assert_eq!(EtagList::parse("*"), Some(EtagList::Any));
+        assert_eq!(
+            EtagList::parse(r#""a-n1", W/"b-n2""#),
+            Some(EtagList::Tags(vec!["a-n1".into(), "b-n2".into()]))
+        );
+        assert_eq!(EtagList::parse("a-n1"), None);
+        assert_eq!(EtagList::parse(r#""a"b""#), None);
+        assert_eq!(EtagList::parse(""), None);
+    }
+
+    #[test]
+    fn if_match_needs_a_live_matching_version() {
+        let pre = Preconditions {
+            if_match: Some(EtagList::Tags(vec![v(10).to_string()])),
+            ..Default::default()
+        };
+        assert!(pre.check(Some(&v(10))).is_ok());
+        assert!(pre.check(Some(&v(11))).is_err());
+        assert!(pre.check(None).is_err());
+        let any = Preconditions {
+            if_match: Some(EtagList::Any),
+            ..Default::default()
+        };
+        assert!(any.check(Some(&v(1))).is_ok());
+        assert!(any.check(None).is_err());
+    }
+
+    #[test]
+    fn if_none_match_star_means_create_only() {
+        let pre = Preconditions {
+            if_none_match: Some(EtagList::Any),
+            ..Default::default()
+        };
+        assert!(pre.check(None).is_ok());
+        assert!(pre.check(Some(&v(1))).is_err());
+    }
+}
