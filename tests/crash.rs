@@ -1,0 +1,134 @@
+//! Invariant 1: an acknowledged write is durable on the master. Concurrent
+//! writers stream writes into a node, which is killed with SIGKILL
+//! mid-stream; after a restart every acknowledged write is there with its
+//! value. Three rounds on one data dir, so recovery itself is also crashed.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{rt, Client, Node};
+use hyper::StatusCode;
+
+const WRITERS: usize = 8;
+/// Acknowledged writes per round before the kill.
+const ACKS_BEFORE_KILL: usize = 400;
+
+#[derive(Default)]
+struct Acked {
+    /// Fresh keys: key -> value.
+    fresh: HashMap<String, String>,
+    /// Each writer's overwritten key: (last acknowledged, the one in flight).
+    last: HashMap<String, (u64, u64)>,
+    /// Keys whose delete was acknowledged.
+    deleted: Vec<String>,
+}
+
+#[test]
+fn acknowledged_writes_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Node::start(dir.path());
+    let acked = Arc::new(Mutex::new(Acked::default()));
+    let runtime = rt();
+
+    for round in 0..3 {
+        let count = Arc::new(AtomicUsize::new(0));
+        let client = node.client();
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let client = client.clone();
+                let acked = acked.clone();
+                let count = count.clone();
+                runtime.spawn(write_until_failure(client, round, w, acked, count))
+            })
+            .collect();
+        // Kill once enough writes are acknowledged, with writers mid-stream.
+        let start = std::time::Instant::now();
+        while count.load(Ordering::SeqCst) < ACKS_BEFORE_KILL {
+            assert!(start.elapsed() < Duration::from_secs(60), "writers stalled");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        node.kill9();
+        runtime.block_on(async {
+            for w in writers {
+                w.await.unwrap();
+            }
+        });
+        node.restart();
+        verify(&runtime, &node.client(), &acked.lock().unwrap());
+    }
+}
+
+async fn write_until_failure(
+    client: Client,
+    round: usize,
+    w: usize,
+    acked: Arc<Mutex<Acked>>,
+    count: Arc<AtomicUsize>,
+) {
+    let own = format!("last/{w}");
+    let mut counter: u64 = {
+        let a = acked.lock().unwrap();
+        a.last.get(&own).map(|(acked, _)| *acked).unwrap_or(0)
+    };
+    for i in 0.. {
+        // A fresh key, an overwrite of this writer's own key, and every
+        // tenth time a delete of a fresh key written earlier.
+        let key = format!("fresh/{round}/{w}/{i}");
+        let value = format!("{key} {}", "x".repeat(i % 200));
+        match client.put(&key, Bytes::from(value.clone()), None).await {
+            Ok(r) if r.status == StatusCode::CREATED => {
+                acked.lock().unwrap().fresh.insert(key, value);
+            }
+            _ => return,
+        }
+        counter += 1;
+        acked.lock().unwrap().last.entry(own.clone()).or_default().1 = counter;
+        match client.put(&own, Bytes::from(counter.to_string()), None).await {
+            Ok(r) if r.status.is_success() => {
+                acked.lock().unwrap().last.insert(own.clone(), (counter, counter));
+            }
+            _ => return,
+        }
+        if i % 10 == 9 {
+            let victim = format!("fresh/{round}/{w}/{}", i - 5);
+            match client.delete(&victim).await {
+                Ok(r) if r.status == StatusCode::NO_CONTENT => {
+                    let mut a = acked.lock().unwrap();
+                    a.fresh.remove(&victim);
+                    a.deleted.push(victim);
+                }
+                _ => return,
+            }
+        }
+        count.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn verify(runtime: &tokio::runtime::Runtime, client: &Client, acked: &Acked) {
+    runtime.block_on(async {
+        assert!(!acked.fresh.is_empty());
+        for (key, value) in &acked.fresh {
+            let r = client.get(key).await.unwrap();
+            assert_eq!(r.status, StatusCode::OK, "acknowledged write of {key} lost");
+            assert_eq!(r.body, value.as_bytes(), "wrong value for {key}");
+        }
+        for (key, (acked_n, in_flight)) in &acked.last {
+            let r = client.get(key).await.unwrap();
+            assert_eq!(r.status, StatusCode::OK, "{key} lost");
+            let n: u64 = std::str::from_utf8(&r.body).unwrap().parse().unwrap();
+            assert!(
+                n == *acked_n || n == *in_flight,
+                "{key} holds {n}; last acknowledged {acked_n}, in flight {in_flight}"
+            );
+        }
+        for key in &acked.deleted {
+            let r = client.get(key).await.unwrap();
+            assert_eq!(r.status, StatusCode::NOT_FOUND, "acknowledged delete of {key} undone");
+        }
+    });
+}
