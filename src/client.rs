@@ -1,15 +1,19 @@
-//! A small HTTP/1.1 client for Ripple's API, used by the CLI and the tests.
+//! HTTP/1.1 clients of Ripple nodes, used by the CLI, by nodes to reach
+//! their peers, and by the tests.
 //!
-//! It takes one or more base URLs and, when a node cannot be reached (the
-//! connection fails), moves on to the next, as the seed retried on "server
-//! has gone away". A request that reached a node is never retried
-//! elsewhere: its answer, whatever it is, is the answer.
+//! An `Endpoint` is one node: it keeps idle keep-alive connections and
+//! reuses them. A `Client` is a list of endpoints: when a node cannot be
+//! reached (the connection fails), it moves on to the next, as the seed
+//! retried on "server has gone away". A request that reached a node is never
+//! retried elsewhere: its answer, whatever it is, is the answer.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, HOST};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -17,24 +21,14 @@ use tokio::net::TcpStream;
 
 use crate::http::keypath;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Default time a CLI request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// One node's address.
-#[derive(Clone, Debug)]
-struct Base {
-    /// `host:port`, to connect to and to send as `Host`.
-    authority: String,
-}
-
-/// A client over a list of nodes, tried in order.
-#[derive(Clone, Debug)]
-pub struct Client {
-    bases: Vec<Base>,
-}
+/// Idle connections kept per endpoint.
+const MAX_IDLE: usize = 32;
 
 /// A whole answer.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Reply {
     pub status: StatusCode,
     pub headers: HeaderMap,
@@ -42,7 +36,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// The error message of a JSON error body, or the body as text.
+    /// The message of a JSON error body, or the body as text.
     pub fn error_message(&self) -> String {
         serde_json::from_slice::<serde_json::Value>(&self.body)
             .ok()
@@ -55,30 +49,191 @@ impl Reply {
     }
 }
 
+/// Why a request to one endpoint failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No connection could be made: the request never reached the node.
+    #[error("cannot connect to {0}: {1}")]
+    Unreachable(String, String),
+    /// The connection failed or timed out after the request was sent: the
+    /// node may or may not have acted on it.
+    #[error("request to {0} failed: {1}")]
+    Failed(String, String),
+}
+
+/// One node, with a pool of keep-alive connections.
+#[derive(Debug)]
+pub struct Endpoint {
+    authority: String,
+    host: HeaderValue,
+    idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+}
+
+impl Endpoint {
+    /// An endpoint for a base URL `http://host:port`.
+    pub fn from_url(url: &str) -> anyhow::Result<Endpoint> {
+        let uri: hyper::Uri = url
+            .trim()
+            .parse()
+            .map_err(|_| anyhow!("not a URL: {url:?}"))?;
+        if uri.scheme_str() != Some("http") {
+            bail!("only http:// URLs are supported, not {url:?}");
+        }
+        let authority = uri
+            .authority()
+            .ok_or_else(|| anyhow!("the URL {url:?} has no host"))?;
+        let authority = format!(
+            "{}:{}",
+            authority.host(),
+            authority.port_u16().unwrap_or(80)
+        );
+        let host = HeaderValue::from_str(&authority).map_err(|_| anyhow!("bad host in {url:?}"))?;
+        Ok(Endpoint {
+            authority,
+            host,
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// `host:port`.
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+
+    /// Sends a request and reads the whole answer within `timeout`.
+    pub async fn send(
+        &self,
+        mut req: Request<Full<Bytes>>,
+        timeout: Duration,
+    ) -> Result<Reply, SendError> {
+        req.headers_mut().insert(HOST, self.host.clone());
+        match tokio::time::timeout(timeout, self.send_inner(req)).await {
+            Ok(result) => result,
+            Err(_) => Err(SendError::Failed(
+                self.authority.clone(),
+                format!("no answer within {timeout:?}"),
+            )),
+        }
+    }
+
+    async fn send_inner(&self, req: Request<Full<Bytes>>) -> Result<Reply, SendError> {
+        // A pooled connection the server closed meanwhile refuses the request
+        // before sending it; then a fresh connection takes it.
+        let req = match self.checkout() {
+            Some(mut sender) => match sender.try_send_request(req).await {
+                Ok(res) => return self.finish(sender, res).await,
+                Err(mut e) => match e.take_message() {
+                    Some(req) => req,
+                    None => {
+                        return Err(SendError::Failed(
+                            self.authority.clone(),
+                            e.into_error().to_string(),
+                        ))
+                    }
+                },
+            },
+            None => req,
+        };
+        let mut sender = self.connect().await?;
+        match sender.send_request(req).await {
+            Ok(res) => self.finish(sender, res).await,
+            Err(e) => Err(SendError::Failed(self.authority.clone(), e.to_string())),
+        }
+    }
+
+    fn checkout(&self) -> Option<SendRequest<Full<Bytes>>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(sender) = idle.pop() {
+            if sender.is_ready() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, SendError> {
+        let unreachable = |e: String| SendError::Unreachable(self.authority.clone(), e);
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.authority))
+            .await
+            .map_err(|_| unreachable(format!("no connection within {CONNECT_TIMEOUT:?}")))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    async fn finish(
+        &self,
+        mut sender: SendRequest<Full<Bytes>>,
+        res: hyper::Response<hyper::body::Incoming>,
+    ) -> Result<Reply, SendError> {
+        let (parts, body) = res.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| SendError::Failed(self.authority.clone(), e.to_string()))?
+            .to_bytes();
+        // Back to the pool once hyper is ready for the next request.
+        if sender.ready().await.is_ok() {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < MAX_IDLE {
+                idle.push(sender);
+            }
+        }
+        Ok(Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+}
+
+/// Builds a request.
+pub fn request(
+    method: Method,
+    path_and_query: &str,
+    headers: &[(HeaderName, HeaderValue)],
+    body: Bytes,
+) -> anyhow::Result<Request<Full<Bytes>>> {
+    let mut req = Request::builder().method(method).uri(path_and_query);
+    for (name, value) in headers {
+        req = req.header(name, value);
+    }
+    req.body(Full::new(body))
+        .context("cannot build the request")
+}
+
+/// A client over a list of nodes, tried in order.
+#[derive(Clone, Debug)]
+pub struct Client {
+    endpoints: Vec<Arc<Endpoint>>,
+    timeout: Duration,
+}
+
 impl Client {
     /// A client for `urls`: comma-separated `http://host:port` base URLs.
     pub fn new(urls: &str) -> anyhow::Result<Client> {
-        let mut bases = Vec::new();
-        for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
-            let uri: hyper::Uri = url.parse().map_err(|_| anyhow!("not a URL: {url:?}"))?;
-            if uri.scheme_str() != Some("http") {
-                bail!("only http:// URLs are supported, not {url:?}");
-            }
-            let authority = uri
-                .authority()
-                .ok_or_else(|| anyhow!("the URL {url:?} has no host"))?;
-            let port = authority.port_u16().unwrap_or(80);
-            bases.push(Base {
-                authority: format!("{}:{port}", authority.host()),
-            });
-        }
-        if bases.is_empty() {
+        let endpoints = urls
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| Endpoint::from_url(u).map(Arc::new))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if endpoints.is_empty() {
             bail!("no URL given");
         }
-        Ok(Client { bases })
+        Ok(Client {
+            endpoints,
+            timeout: REQUEST_TIMEOUT,
+        })
     }
 
-    /// Sends one request to the first node that answers.
+    /// Sends one request to the first node that can be reached.
     pub async fn request(
         &self,
         method: Method,
@@ -87,36 +242,15 @@ impl Client {
         body: Bytes,
     ) -> anyhow::Result<Reply> {
         let mut failures = Vec::new();
-        for base in &self.bases {
-            let stream =
-                match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&base.authority))
-                    .await
-                {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        failures.push(format!("{}: {e}", base.authority));
-                        continue;
-                    }
-                    Err(_) => {
-                        failures.push(format!("{}: connect timed out", base.authority));
-                        continue;
-                    }
-                };
-            let _ = stream.set_nodelay(true);
-            let mut req = Request::builder()
-                .method(method.clone())
-                .uri(path_and_query)
-                .header(HOST, &base.authority);
-            for (name, value) in headers {
-                req = req.header(name, value);
+        for endpoint in &self.endpoints {
+            let req = request(method.clone(), path_and_query, headers, body.clone())?;
+            match endpoint.send(req, self.timeout).await {
+                Ok(reply) => return Ok(reply),
+                Err(SendError::Unreachable(_, e)) => {
+                    failures.push(format!("{}: {e}", endpoint.authority()))
+                }
+                Err(e) => return Err(e.into()),
             }
-            let req = req
-                .body(Full::new(body.clone()))
-                .context("cannot build the request")?;
-            return tokio::time::timeout(REQUEST_TIMEOUT, send(stream, req))
-                .await
-                .map_err(|_| anyhow!("{}: no answer in {REQUEST_TIMEOUT:?}", base.authority))?
-                .with_context(|| format!("request to {} failed", base.authority));
         }
         bail!("no node could be reached: {}", failures.join("; "))
     }
@@ -158,29 +292,15 @@ impl Client {
         cursor: Option<&str>,
         limit: Option<usize>,
     ) -> anyhow::Result<(Vec<String>, Option<String>)> {
-        let mut query = format!("/v1/kv?prefix={}", keypath::encode_query(prefix));
-        if let Some(c) = cursor {
-            query.push_str(&format!("&cursor={}", keypath::encode_query(c)));
-        }
-        if let Some(l) = limit {
-            query.push_str(&format!("&limit={l}"));
-        }
-        let reply = self.request(Method::GET, &query, &[], Bytes::new()).await?;
-        if reply.status != StatusCode::OK {
-            bail!(
-                "listing failed ({}): {}",
-                reply.status,
-                reply.error_message()
-            );
-        }
-        #[derive(serde::Deserialize)]
-        struct Page {
-            keys: Vec<String>,
-            cursor: Option<String>,
-        }
-        let page: Page =
-            serde_json::from_slice(&reply.body).context("the listing is not valid JSON")?;
-        Ok((page.keys, page.cursor))
+        let reply = self
+            .request(
+                Method::GET,
+                &list_path(prefix, cursor, limit),
+                &[],
+                Bytes::new(),
+            )
+            .await?;
+        parse_list_page(&reply)
     }
 }
 
@@ -189,17 +309,33 @@ pub fn kv_path(key: &str) -> String {
     format!("/v1/kv/{}", keypath::encode_path(key))
 }
 
-async fn send(stream: TcpStream, req: Request<Full<Bytes>>) -> anyhow::Result<Reply> {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    let driver = tokio::spawn(conn);
-    let res = sender.send_request(req).await?;
-    let (parts, body) = res.into_parts();
-    let body = body.collect().await?.to_bytes();
-    drop(sender);
-    driver.abort();
-    Ok(Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    })
+/// The v1 listing path.
+pub fn list_path(prefix: &str, cursor: Option<&str>, limit: Option<usize>) -> String {
+    let mut path = format!("/v1/kv?prefix={}", keypath::encode_query(prefix));
+    if let Some(c) = cursor {
+        path.push_str(&format!("&cursor={}", keypath::encode_query(c)));
+    }
+    if let Some(l) = limit {
+        path.push_str(&format!("&limit={l}"));
+    }
+    path
+}
+
+/// Reads a listing page answer.
+pub fn parse_list_page(reply: &Reply) -> anyhow::Result<(Vec<String>, Option<String>)> {
+    if reply.status != StatusCode::OK {
+        bail!(
+            "listing failed ({}): {}",
+            reply.status,
+            reply.error_message()
+        );
+    }
+    #[derive(serde::Deserialize)]
+    struct Page {
+        keys: Vec<String>,
+        cursor: Option<String>,
+    }
+    let page: Page =
+        serde_json::from_slice(&reply.body).context("the listing is not valid JSON")?;
+    Ok((page.keys, page.cursor))
 }

@@ -38,6 +38,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub cluster: ClusterConfig,
+    #[serde(default)]
+    pub replication: ReplicationConfig,
 }
 
 /// `[storage]`: which engine keeps the data.
@@ -87,6 +89,63 @@ pub struct ClusterConfig {
     pub members: Vec<Member>,
 }
 
+/// `[replication]`: how nodes pull each other's feeds and collect
+/// tombstones.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationConfig {
+    /// Most records in one feed answer.
+    #[serde(default = "default_batch_max_records")]
+    pub batch_max_records: usize,
+    /// Most value bytes in one feed answer (one record always fits).
+    #[serde(default = "default_batch_max_bytes")]
+    pub batch_max_bytes: usize,
+    /// How long a feed request waits for a change before answering empty.
+    #[serde(default = "default_long_poll_ms")]
+    pub long_poll_ms: u64,
+    /// How long a write with `replicas=` waits before answering 504.
+    #[serde(default = "default_replica_timeout_ms")]
+    pub replica_timeout_ms: u64,
+    /// How long a tombstone is kept after every peer has applied it.
+    #[serde(default = "default_tombstone_grace_secs")]
+    pub tombstone_grace_secs: u64,
+    /// How often tombstones are collected.
+    #[serde(default = "default_gc_interval_secs")]
+    pub gc_interval_secs: u64,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig {
+            batch_max_records: default_batch_max_records(),
+            batch_max_bytes: default_batch_max_bytes(),
+            long_poll_ms: default_long_poll_ms(),
+            replica_timeout_ms: default_replica_timeout_ms(),
+            tombstone_grace_secs: default_tombstone_grace_secs(),
+            gc_interval_secs: default_gc_interval_secs(),
+        }
+    }
+}
+
+fn default_batch_max_records() -> usize {
+    1000
+}
+fn default_batch_max_bytes() -> usize {
+    4 << 20
+}
+fn default_long_poll_ms() -> u64 {
+    20_000
+}
+fn default_replica_timeout_ms() -> u64 {
+    5_000
+}
+fn default_tombstone_grace_secs() -> u64 {
+    3_600
+}
+fn default_gc_interval_secs() -> u64 {
+    60
+}
+
 /// One cluster member: its node id and the base URL peers reach it at.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -128,6 +187,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             limits: LimitsConfig::default(),
             cluster: ClusterConfig::default(),
+            replication: ReplicationConfig::default(),
         }
     }
 }
@@ -166,6 +226,28 @@ impl Config {
                 "limits.max_header_bytes must be between 1024 and 1048576, not {}",
                 l.max_header_bytes
             );
+        }
+        let r = &self.replication;
+        if r.batch_max_records == 0 || r.batch_max_records > 100_000 {
+            bail!(
+                "replication.batch_max_records must be between 1 and 100000, not {}",
+                r.batch_max_records
+            );
+        }
+        if r.batch_max_bytes == 0 {
+            bail!("replication.batch_max_bytes must be above 0");
+        }
+        if r.long_poll_ms == 0 || r.long_poll_ms > 60_000 {
+            bail!(
+                "replication.long_poll_ms must be between 1 and 60000, not {}",
+                r.long_poll_ms
+            );
+        }
+        if r.replica_timeout_ms == 0 {
+            bail!("replication.replica_timeout_ms must be above 0");
+        }
+        if r.gc_interval_secs == 0 {
+            bail!("replication.gc_interval_secs must be above 0");
         }
         if self.cluster.members.is_empty() {
             self.cluster.members.push(Member {

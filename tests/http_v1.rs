@@ -23,7 +23,10 @@ fn put_get_head_delete_statuses_and_headers() {
         assert_eq!(r.status, StatusCode::NOT_FOUND);
         assert_eq!(error_code(&r), "not_found");
 
-        let r = c.put("k", Bytes::from("v1"), Some("text/plain")).await.unwrap();
+        let r = c
+            .put("k", Bytes::from("v1"), Some("text/plain"))
+            .await
+            .unwrap();
         assert_eq!(r.status, StatusCode::CREATED);
         let etag1 = r.header("etag").unwrap().to_owned();
         assert!(etag1.starts_with('"') && etag1.ends_with('"'), "{etag1}");
@@ -37,7 +40,10 @@ fn put_get_head_delete_statuses_and_headers() {
         assert_eq!(r.header("content-type"), Some("text/plain"));
         assert_eq!(r.header("etag"), Some(etag1.as_str()));
 
-        let r = c.request(Method::HEAD, "/v1/kv/k", &[], Bytes::new()).await.unwrap();
+        let r = c
+            .request(Method::HEAD, "/v1/kv/k", &[], Bytes::new())
+            .await
+            .unwrap();
         assert_eq!(r.status, StatusCode::OK);
         assert!(r.body.is_empty());
         assert_eq!(r.header("content-length"), Some("2"));
@@ -60,9 +66,15 @@ fn put_get_head_delete_statuses_and_headers() {
         assert_eq!(error_code(&r), "not_found");
 
         // A deleted key written again is new.
-        assert_eq!(c.put("k", Bytes::from("v3"), None).await.unwrap().status, StatusCode::CREATED);
+        assert_eq!(
+            c.put("k", Bytes::from("v3"), None).await.unwrap().status,
+            StatusCode::CREATED
+        );
 
-        let r = c.request(Method::GET, "/health", &[], Bytes::new()).await.unwrap();
+        let r = c
+            .request(Method::GET, "/health", &[], Bytes::new())
+            .await
+            .unwrap();
         assert_eq!(r.status, StatusCode::OK);
     });
 }
@@ -97,13 +109,19 @@ fn binary_values_are_byte_exact() {
     let c = node.client();
     rt().block_on(async {
         let value: Vec<u8> = (0..=255u8).rev().cycle().take(300_000).collect();
-        let r = c.put("bin", Bytes::from(value.clone()), Some("image/png")).await.unwrap();
+        let r = c
+            .put("bin", Bytes::from(value.clone()), Some("image/png"))
+            .await
+            .unwrap();
         assert_eq!(r.status, StatusCode::CREATED);
         let r = c.get("bin").await.unwrap();
         assert_eq!(r.body.as_ref(), value.as_slice());
         assert_eq!(r.header("content-type"), Some("image/png"));
         // Empty values are values.
-        assert_eq!(c.put("empty", Bytes::new(), None).await.unwrap().status, StatusCode::CREATED);
+        assert_eq!(
+            c.put("empty", Bytes::new(), None).await.unwrap().status,
+            StatusCode::CREATED
+        );
         let r = c.get("empty").await.unwrap();
         assert_eq!(r.status, StatusCode::OK);
         assert!(r.body.is_empty());
@@ -132,8 +150,16 @@ fn awkward_keys_round_trip() {
     ];
     rt().block_on(async {
         for (i, key) in keys.iter().enumerate() {
-            let r = c.put(key, Bytes::from(format!("value {i}")), None).await.unwrap();
-            assert_eq!(r.status, StatusCode::CREATED, "{key}: {}", r.error_message());
+            let r = c
+                .put(key, Bytes::from(format!("value {i}")), None)
+                .await
+                .unwrap();
+            assert_eq!(
+                r.status,
+                StatusCode::CREATED,
+                "{key}: {}",
+                r.error_message()
+            );
         }
         for (i, key) in keys.iter().enumerate() {
             let r = c.get(key).await.unwrap();
@@ -147,13 +173,27 @@ fn awkward_keys_round_trip() {
         listed.sort();
         assert_eq!(listed, expected);
         // Unencoded '/' and encoded '%2F' name the same key.
-        let r = c.request(Method::GET, "/v1/kv/a%2Fb%2Fc", &[], Bytes::new()).await.unwrap();
+        let r = c
+            .request(Method::GET, "/v1/kv/a%2Fb%2Fc", &[], Bytes::new())
+            .await
+            .unwrap();
         assert_eq!(r.body, "value 0");
         // '+' in a path is a plus, not a space.
-        let r = c.request(Method::GET, "/v1/kv/plus+sign", &[], Bytes::new()).await.unwrap();
+        let r = c
+            .request(Method::GET, "/v1/kv/plus+sign", &[], Bytes::new())
+            .await
+            .unwrap();
         assert_eq!(r.body, "value 8");
         // A query string is not part of the key.
-        let r = c.request(Method::GET, "/v1/kv/with%20space?x=1", &[], Bytes::new()).await.unwrap();
+        let r = c
+            .request(
+                Method::GET,
+                "/v1/kv/with%20space?consistency=any",
+                &[],
+                Bytes::new(),
+            )
+            .await
+            .unwrap();
         assert_eq!(r.body, "value 3");
     });
 }
@@ -180,7 +220,10 @@ fn prefix_listing_pages_in_byte_order() {
         let mut cursor: Option<String> = None;
         let mut pages = 0;
         loop {
-            let (keys, next) = c.list_page("users/", cursor.as_deref(), Some(100)).await.unwrap();
+            let (keys, next) = c
+                .list_page("users/", cursor.as_deref(), Some(100))
+                .await
+                .unwrap();
             assert!(keys.len() <= 100);
             pages += 1;
             got.extend(keys);
@@ -198,14 +241,20 @@ fn prefix_listing_pages_in_byte_order() {
         assert_eq!(next, None);
 
         // Default limit and the JSON shape.
-        let r = c.request(Method::GET, "/v1/kv?prefix=user", &[], Bytes::new()).await.unwrap();
+        let r = c
+            .request(Method::GET, "/v1/kv?prefix=user", &[], Bytes::new())
+            .await
+            .unwrap();
         assert_eq!(r.header("content-type"), Some("application/json"));
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(v["keys"].as_array().unwrap().len(), 252);
         assert!(v["cursor"].is_null());
         // An encoded prefix with a space and a slash.
         c.put("a b/c", Bytes::from("x"), None).await.unwrap();
-        let r = c.request(Method::GET, "/v1/kv?prefix=a+b%2F", &[], Bytes::new()).await.unwrap();
+        let r = c
+            .request(Method::GET, "/v1/kv?prefix=a+b%2F", &[], Bytes::new())
+            .await
+            .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(v["keys"], serde_json::json!(["a b/c"]));
     });
@@ -216,11 +265,16 @@ fn conditional_requests() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path());
     let c = node.client();
-    let put = |c: &Client, key: &str, value: &'static str, headers: Vec<(HeaderName, HeaderValue)>| {
-        let c = c.clone();
-        let path = kv_path(key);
-        async move { c.request(Method::PUT, &path, &headers, Bytes::from(value)).await.unwrap() }
-    };
+    let put =
+        |c: &Client, key: &str, value: &'static str, headers: Vec<(HeaderName, HeaderValue)>| {
+            let c = c.clone();
+            let path = kv_path(key);
+            async move {
+                c.request(Method::PUT, &path, &headers, Bytes::from(value))
+                    .await
+                    .unwrap()
+            }
+        };
     rt().block_on(async {
         // If-None-Match: * creates only.
         let r = put(&c, "c", "first", vec![h(IF_NONE_MATCH, "*")]).await;
@@ -239,7 +293,13 @@ fn conditional_requests() {
         assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
         assert_eq!(c.get("c").await.unwrap().body, "third");
         // A list that contains the current etag matches.
-        let r = put(&c, "c", "fifth", vec![h(IF_MATCH, &format!("\"nope\", {etag3}"))]).await;
+        let r = put(
+            &c,
+            "c",
+            "fifth",
+            vec![h(IF_MATCH, &format!("\"nope\", {etag3}"))],
+        )
+        .await;
         assert_eq!(r.status, StatusCode::OK);
         // If-Match on an absent key fails, even with *.
         let r = put(&c, "absent", "x", vec![h(IF_MATCH, "*")]).await;
@@ -249,14 +309,24 @@ fn conditional_requests() {
         // GET with If-None-Match: 304 when current, 200 otherwise.
         let cur = c.get("c").await.unwrap().header("etag").unwrap().to_owned();
         let r = c
-            .request(Method::GET, "/v1/kv/c", &[h(IF_NONE_MATCH, &cur)], Bytes::new())
+            .request(
+                Method::GET,
+                "/v1/kv/c",
+                &[h(IF_NONE_MATCH, &cur)],
+                Bytes::new(),
+            )
             .await
             .unwrap();
         assert_eq!(r.status, StatusCode::NOT_MODIFIED);
         assert!(r.body.is_empty());
         assert_eq!(r.header("etag"), Some(cur.as_str()));
         let r = c
-            .request(Method::GET, "/v1/kv/c", &[h(IF_NONE_MATCH, &etag)], Bytes::new())
+            .request(
+                Method::GET,
+                "/v1/kv/c",
+                &[h(IF_NONE_MATCH, &etag)],
+                Bytes::new(),
+            )
             .await
             .unwrap();
         assert_eq!(r.status, StatusCode::OK);
@@ -264,13 +334,23 @@ fn conditional_requests() {
 
         // DELETE with a stale If-Match fails and keeps the value.
         let r = c
-            .request(Method::DELETE, "/v1/kv/c", &[h(IF_MATCH, &etag)], Bytes::new())
+            .request(
+                Method::DELETE,
+                "/v1/kv/c",
+                &[h(IF_MATCH, &etag)],
+                Bytes::new(),
+            )
             .await
             .unwrap();
         assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
         assert_eq!(c.get("c").await.unwrap().status, StatusCode::OK);
         let r = c
-            .request(Method::DELETE, "/v1/kv/c", &[h(IF_MATCH, &cur)], Bytes::new())
+            .request(
+                Method::DELETE,
+                "/v1/kv/c",
+                &[h(IF_MATCH, &cur)],
+                Bytes::new(),
+            )
             .await
             .unwrap();
         assert_eq!(r.status, StatusCode::NO_CONTENT);
@@ -309,7 +389,11 @@ fn conditional_puts_race_to_exactly_one_winner() {
                 s => panic!("unexpected status {s}"),
             }
         }
-        assert_eq!(winners.len(), 1, "exactly one create-only PUT wins: {winners:?}");
+        assert_eq!(
+            winners.len(),
+            1,
+            "exactly one create-only PUT wins: {winners:?}"
+        );
         let r = c.get("lock").await.unwrap();
         assert_eq!(r.body, format!("owner {}", winners[0]));
     });
@@ -332,7 +416,10 @@ fn etag_header_and_content_type_defaults() {
             .unwrap();
         assert_eq!(r.status, StatusCode::CREATED);
         let r = c.get("json").await.unwrap();
-        assert_eq!(r.header("content-type"), Some("application/json; charset=utf-8"));
+        assert_eq!(
+            r.header("content-type"),
+            Some("application/json; charset=utf-8")
+        );
         assert!(r.headers.contains_key(ETAG));
     });
 }
@@ -348,7 +435,11 @@ fn data_survives_a_graceful_restart() {
         c.delete("gone").await.unwrap();
     });
     node.sigterm();
-    assert_eq!(node.wait_exit(std::time::Duration::from_secs(20)), Some(0), "clean exit on SIGTERM");
+    assert_eq!(
+        node.wait_exit(std::time::Duration::from_secs(20)),
+        Some(0),
+        "clean exit on SIGTERM"
+    );
     let node = Node::start(dir.path());
     rt().block_on(async {
         let c = node.client();

@@ -1,8 +1,11 @@
-//! The command line: `ripple serve` runs a node; `get`, `put`, `delete` and
-//! `list` are a client of a running node's v1 API.
+//! The command line: `ripple serve` runs a node and `dev-cluster` runs
+//! several; `get`, `put`, `delete`, `list`, `status` and `sync` are clients
+//! of a running node.
 
+pub mod dev_cluster;
 pub mod kv;
 pub mod serve;
+pub mod status;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -44,6 +47,24 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Show a node and its view of every member: reachable, cursor, lag.
+    Status {
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Make a node pull from every peer now and wait until it caught up.
+    Sync {
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 30_000)]
+        timeout_ms: u64,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Run a cluster of N nodes on this machine, for trying Ripple out.
+    DevCluster(dev_cluster::DevClusterArgs),
     /// List keys, one per line, in byte order.
     List {
         /// Only keys that start with this.
@@ -77,5 +98,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => kv::put(&target.url, &key, value, file, content_type).await,
         Command::Delete { key, target } => kv::delete(&target.url, &key).await,
         Command::List { prefix, target } => kv::list(&target.url, &prefix).await,
+        Command::Status { json, target } => status::status(&target.url, json).await,
+        Command::Sync { timeout_ms, target } => status::sync(&target.url, timeout_ms).await,
+        Command::DevCluster(args) => dev_cluster::run(args).await,
     }
 }

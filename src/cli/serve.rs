@@ -10,9 +10,11 @@ use anyhow::Context;
 use clap::Args;
 use tokio::net::TcpListener;
 
+use crate::cluster::{Members, Peers};
 use crate::config::{Config, Engine};
 use crate::http::{self, AppState};
 use crate::node::{Limits, Node};
+use crate::replication::Replication;
 use crate::storage::embedded::Embedded;
 use crate::storage::Storage;
 
@@ -62,8 +64,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
+    let members = Members::new(&config.node_id, config.cluster.members.clone());
+    let peers = Arc::new(Peers::new(&members)?);
+    let repl = Replication::new(node.clone(), members, peers, config.replication.clone());
+    repl.start();
     let state = AppState {
         node: node.clone(),
+        repl: repl.clone(),
         public_url: http::base_url(addr),
         max_header_bytes: config.limits.max_header_bytes,
     };
@@ -80,7 +87,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         listener,
         http::router(state),
         config.limits.max_header_bytes,
-        shutdown_signal(),
+        async {
+            shutdown_signal().await;
+            // Ends the feed long-polls first, so draining does not wait on them.
+            repl.stop();
+        },
     )
     .await;
     tracing::info!("requests drained; closing storage");

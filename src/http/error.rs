@@ -15,6 +15,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Extra fields of the JSON body, beside `error` and `message`.
+    pub details: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ApiError {
@@ -23,7 +25,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            details: serde_json::Map::new(),
         }
+    }
+
+    /// Adds a field to the JSON body.
+    pub fn with_detail(mut self, name: &str, value: serde_json::Value) -> Self {
+        self.details.insert(name.to_owned(), value);
+        self
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -36,11 +45,10 @@ impl ApiError {
 
     /// The JSON body.
     pub fn body(&self) -> Vec<u8> {
-        serde_json::to_vec(&serde_json::json!({
-            "error": self.code,
-            "message": self.message,
-        }))
-        .unwrap_or_default()
+        let mut body = self.details.clone();
+        body.insert("error".into(), self.code.into());
+        body.insert("message".into(), self.message.clone().into());
+        serde_json::to_vec(&body).unwrap_or_default()
     }
 }
 

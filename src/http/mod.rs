@@ -8,9 +8,12 @@
 //! oversize headers, which the `guard` middleware rewrites.
 
 pub mod error;
+pub mod forward;
+pub mod internal;
 pub mod keypath;
 pub mod negotiate;
 pub mod seed_routes;
+pub mod status;
 pub mod v1;
 
 use std::future::Future;
@@ -32,12 +35,15 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::node::{EtagList, Node, Preconditions};
+use crate::replication::Replication;
 use error::ApiError;
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub node: Arc<Node>,
+    /// Members, peers and replication state.
+    pub repl: Arc<Replication>,
     /// The URL clients reach this node at, for `Location` when a request
     /// carries no `Host`.
     pub public_url: String,
@@ -57,6 +63,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/v1/status", get(status::status))
+        .route("/v1/sync", axum::routing::post(status::sync))
+        .route(crate::replication::feed::PATH, get(internal::feed))
         .route("/v1/kv", get(v1::list))
         .route("/v1/kv/", any(v1::empty_key))
         .route(
@@ -136,6 +145,24 @@ pub fn key_from_path(path: &str, prefix: &str) -> Result<String, ApiError> {
             format!("the key in the path is invalid: {e}"),
         )
     })
+}
+
+/// Splits and decodes a query string into (name, value) pairs.
+pub fn parse_query(query: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let decode = |text: &str| {
+                keypath::decode_query(text).map_err(|e| {
+                    ApiError::bad_request("bad_query", format!("query parameter {name:?}: {e}"))
+                })
+            };
+            Ok((decode(name)?, decode(value)?))
+        })
+        .collect()
 }
 
 /// Reads a request body of at most `limit` bytes; 413 beyond that.

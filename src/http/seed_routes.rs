@@ -11,7 +11,12 @@
 //!
 //! Every answer, errors included, is negotiated on `Accept` (see
 //! `negotiate`): HTML by default, XML, JSON `{"message": ...}` or text.
-//! On one node the two route families behave alike.
+//!
+//! In a cluster the families keep the seed's meaning. Lazy (`/bucket`):
+//! writes go to the key's master and propagate in the background; reads
+//! are local. Canonical (`/canonicalbucket`): writes answer once every
+//! replica applied them (`replicas=all`); a read is served by the master;
+//! the listing is the union of every reachable node's keys.
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -21,9 +26,18 @@ use axum::Router;
 use hyper::header::{HeaderValue, ACCEPT, CONTENT_TYPE, HOST, LOCATION};
 use hyper::StatusCode;
 
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::http::request::Parts;
+use hyper::Method;
+
 use super::error::ApiError;
 use super::negotiate::{self, escape_markup, Format};
-use super::{key_from_path, keypath, read_body, AppState};
+use super::v1::{await_replicas, WriteOptions};
+use super::{forward, key_from_path, keypath, read_body, AppState};
+use crate::client::{list_path, parse_list_page};
 use crate::node::{NodeError, Preconditions, DEFAULT_CONTENT_TYPE};
 
 /// Page size used to gather a whole listing.
@@ -102,8 +116,8 @@ fn render_error(format: Format, e: ApiError) -> Response {
 
 /// The format the client asked for, or a 406 (as JSON, the one format
 /// every HTTP client can read) when it accepts none of ours.
-fn format_of(req: &Request) -> Result<Format, ApiError> {
-    let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
+fn format_of(parts: &Parts) -> Result<Format, ApiError> {
+    let accept = parts.headers.get(ACCEPT).and_then(|v| v.to_str().ok());
     negotiate::choose(accept).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_ACCEPTABLE,
@@ -113,19 +127,23 @@ fn format_of(req: &Request) -> Result<Format, ApiError> {
     })
 }
 
-/// The key after `/bucket/` or `/canonicalbucket/`.
-fn seed_key(path: &str) -> Result<String, ApiError> {
-    let prefix = if path.starts_with("/canonicalbucket/") {
-        "/canonicalbucket/"
-    } else {
-        "/bucket/"
-    };
-    key_from_path(path, prefix)
+/// Which family a path belongs to, and its key.
+fn seed_key(path: &str) -> Result<(bool, String), ApiError> {
+    match path.strip_prefix("/canonicalbucket/") {
+        Some(_) => Ok((true, key_from_path(path, "/canonicalbucket/")?)),
+        None => Ok((false, key_from_path(path, "/bucket/")?)),
+    }
 }
 
-/// `<base>/bucket/{key}`: the base is the request's Host, or the node's URL.
-fn location(state: &AppState, req_host: Option<&HeaderValue>, key: &str) -> String {
-    let base = req_host
+/// `<base>/bucket/{key}`: the base is the Host the client used (passed on
+/// by a forwarding node), or this node's URL.
+fn location(state: &AppState, parts: &Parts, key: &str) -> String {
+    let host = if forward::was_forwarded(parts) {
+        parts.headers.get(forward::FORWARDED_HOST)
+    } else {
+        parts.headers.get(HOST)
+    };
+    let base = host
         .and_then(|h| h.to_str().ok())
         .filter(|h| h.parse::<hyper::http::uri::Authority>().is_ok())
         .map(|h| format!("http://{h}"))
@@ -133,39 +151,64 @@ fn location(state: &AppState, req_host: Option<&HeaderValue>, key: &str) -> Stri
     format!("{base}/bucket/{}", keypath::encode_path(key))
 }
 
+/// Splits a request, answering 406 when no format fits.
+fn negotiate_parts(req: Request) -> Result<(Format, Parts, Body), ApiError> {
+    let (parts, body) = req.into_parts();
+    let format = format_of(&parts)?;
+    Ok((format, parts, body))
+}
+
+/// Canonical writes wait for every replica.
+fn write_options(state: &AppState, canonical: bool) -> WriteOptions {
+    WriteOptions {
+        replicas: if canonical {
+            state.repl.members.peer_count()
+        } else {
+            0
+        },
+        timeout: None,
+    }
+}
+
 async fn get_value(State(state): State<AppState>, req: Request) -> Response {
-    let format = match format_of(&req) {
-        Ok(f) => f,
+    let (format, parts, _) = match negotiate_parts(req) {
+        Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    let path = req.uri().path().to_owned();
-    drop(req);
     let result = async {
-        let key = seed_key(&path)?;
+        let (canonical, key) = seed_key(parts.uri.path())?;
         let not_found = || ApiError::not_found(format!("no value is stored under the key {key:?}"));
+        if canonical && state.node.check_key(&key).is_ok() {
+            if let Some(res) = forward::to_master(&state, &key, &parts, Bytes::new(), None).await {
+                return Ok(Err(res));
+            }
+        }
         match state.node.get(&key).await {
-            Ok(Some(record)) => Ok(String::from_utf8_lossy(&record.value).into_owned()),
+            Ok(Some(record)) => Ok(Ok(String::from_utf8_lossy(&record.value).into_owned())),
             Ok(None) | Err(NodeError::KeyTooLong { .. }) => Err(not_found()),
             Err(e) => Err(e.into()),
         }
     }
     .await;
     match result {
-        Ok(value) => render(format, StatusCode::OK, &Message::Text(value), None),
+        Ok(Ok(value)) => render(format, StatusCode::OK, &Message::Text(value), None),
+        Ok(Err(relayed)) => relayed,
         Err(e) => render_error(format, e),
     }
 }
 
 async fn store(State(state): State<AppState>, req: Request) -> Response {
-    let format = match format_of(&req) {
-        Ok(f) => f,
+    let (format, parts, body) = match negotiate_parts(req) {
+        Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    let (parts, body) = req.into_parts();
     let result = async {
-        let key = seed_key(parts.uri.path())?;
+        let (canonical, key) = seed_key(parts.uri.path())?;
         state.node.check_key(&key)?;
         let value = read_body(body, &parts.headers, state.node.limits().max_value_bytes).await?;
+        if let Some(res) = forward::to_master(&state, &key, &parts, value.clone(), None).await {
+            return Ok(Err(res));
+        }
         let content_type = parts
             .headers
             .get(CONTENT_TYPE)
@@ -173,15 +216,16 @@ async fn store(State(state): State<AppState>, req: Request) -> Response {
             .filter(|t| !t.is_empty() && t.len() <= 256)
             .unwrap_or(DEFAULT_CONTENT_TYPE)
             .to_owned();
-        state
+        let outcome = state
             .node
             .put(&key, value, content_type, &Preconditions::default())
             .await?;
-        Ok::<_, ApiError>(location(&state, parts.headers.get(HOST), &key))
+        await_replicas(&state, &outcome, write_options(&state, canonical)).await?;
+        Ok::<_, ApiError>(Ok(location(&state, &parts, &key)))
     }
     .await;
     match result {
-        Ok(loc) => {
+        Ok(Ok(loc)) => {
             let mut res = render(
                 format,
                 StatusCode::CREATED,
@@ -193,20 +237,23 @@ async fn store(State(state): State<AppState>, req: Request) -> Response {
             }
             res
         }
+        Ok(Err(relayed)) => relayed,
         Err(e) => render_error(format, e),
     }
 }
 
 async fn delete(State(state): State<AppState>, req: Request) -> Response {
-    let format = match format_of(&req) {
-        Ok(f) => f,
+    let (format, parts, _) = match negotiate_parts(req) {
+        Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    let path = req.uri().path().to_owned();
-    drop(req);
     let result = async {
-        let key = seed_key(&path)?;
-        state
+        let (canonical, key) = seed_key(parts.uri.path())?;
+        state.node.check_key(&key)?;
+        if let Some(res) = forward::to_master(&state, &key, &parts, Bytes::new(), None).await {
+            return Ok(Some(res));
+        }
+        let outcome = state
             .node
             .delete(&key, &Preconditions::default())
             .await
@@ -215,41 +262,88 @@ async fn delete(State(state): State<AppState>, req: Request) -> Response {
                     ApiError::not_found(format!("no value is stored under the key {key:?}"))
                 }
                 e => e.into(),
-            })
+            })?;
+        await_replicas(&state, &outcome, write_options(&state, canonical)).await?;
+        Ok::<_, ApiError>(None)
     }
     .await;
     match result {
-        Ok(_) => render(
+        Ok(None) => render(
             format,
             StatusCode::ACCEPTED,
             &Message::Text("accepted".into()),
             None,
         ),
+        Ok(Some(relayed)) => relayed,
         Err(e) => render_error(format, e),
     }
 }
 
+/// How long the canonical listing waits on each peer.
+const PEER_LIST_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn list(State(state): State<AppState>, req: Request) -> Response {
-    let format = match format_of(&req) {
-        Ok(f) => f,
+    let (format, parts, _) = match negotiate_parts(req) {
+        Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    let mut urls = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = match state.node.list("", after.as_deref(), LIST_PAGE).await {
-            Ok(page) => page,
-            Err(e) => return render_error(format, e.into()),
-        };
-        let full = page.len() == LIST_PAGE;
-        after = page.last().cloned();
-        urls.extend(
-            page.iter()
-                .map(|k| format!("/bucket/{}", keypath::encode_path(k))),
-        );
-        if !full {
-            break;
+    let mut keys = BTreeSet::new();
+    if let Err(e) = local_keys(&state, &mut keys).await {
+        return render_error(format, e);
+    }
+    if parts.uri.path().starts_with("/canonicalbucket") {
+        // The union of every reachable node's keys; an unreachable peer
+        // leaves out only what it alone holds.
+        let peers: Vec<String> = state.repl.members.peers().map(|m| m.id.clone()).collect();
+        let tasks: Vec<_> = peers
+            .into_iter()
+            .map(|id| {
+                let state = state.clone();
+                tokio::spawn(async move { peer_keys(&state, &id).await })
+            })
+            .collect();
+        for t in tasks {
+            if let Ok(Ok(peer_keys)) = t.await {
+                keys.extend(peer_keys);
+            }
         }
     }
+    let urls = keys
+        .iter()
+        .map(|k| format!("/bucket/{}", keypath::encode_path(k)))
+        .collect();
     render(format, StatusCode::OK, &Message::List(urls), None)
+}
+
+async fn local_keys(state: &AppState, keys: &mut BTreeSet<String>) -> Result<(), ApiError> {
+    let mut after: Option<String> = None;
+    loop {
+        let page = state.node.list("", after.as_deref(), LIST_PAGE).await?;
+        let full = page.len() == LIST_PAGE;
+        after = page.last().cloned();
+        keys.extend(page);
+        if !full {
+            return Ok(());
+        }
+    }
+}
+
+/// Every key of peer `id`, page by page.
+async fn peer_keys(state: &AppState, id: &str) -> anyhow::Result<Vec<String>> {
+    let mut keys = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = list_path("", cursor.as_deref(), Some(LIST_PAGE));
+        let reply = state
+            .repl
+            .peers
+            .send(id, Method::GET, &path, &[], Bytes::new(), PEER_LIST_TIMEOUT)
+            .await?;
+        let (page, next) = parse_list_page(&reply)?;
+        keys.extend(page);
+        match next {
+            Some(n) => cursor = Some(n),
+            None => return Ok(keys),
+        }
+    }
 }

@@ -1,17 +1,25 @@
 //! The v1 API: `/v1/kv/{key}` (GET, HEAD, PUT, DELETE) and `/v1/kv`
 //! (listing by prefix, paged). Documented in docs/API.md and
 //! docs/openapi.yaml.
+//!
+//! Writes go to the key's master (`forward`); with `?replicas=N|all` the
+//! master answers once that many peers applied the write. Reads are local,
+//! or at the master with `?consistency=master`.
+
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use hyper::header::{HeaderValue, CONTENT_TYPE, ETAG};
+use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, ETAG};
 use hyper::StatusCode;
 
 use super::error::ApiError;
-use super::{json_response, key_from_path, keypath, preconditions, read_body, AppState};
+use super::{
+    forward, json_response, key_from_path, parse_query, preconditions, read_body, AppState,
+};
 use crate::node::version::Version;
-use crate::node::{NodeError, DEFAULT_CONTENT_TYPE};
+use crate::node::{NodeError, WriteOutcome, DEFAULT_CONTENT_TYPE};
 
 const PREFIX: &str = "/v1/kv/";
 
@@ -22,15 +30,146 @@ pub const MAX_LIMIT: usize = 10_000;
 /// Longest content type a client may store.
 const MAX_CONTENT_TYPE_BYTES: usize = 256;
 
+/// Longest a write may wait for its replicas.
+const MAX_REPLICA_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The header telling how many peers applied a write with `replicas=`.
+pub const REPLICAS_HEADER: &str = "x-ripple-replicas";
+
 fn etag(version: &Version) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{version}\"")).unwrap_or(HeaderValue::from_static("\"\""))
+}
+
+/// A write's options: `replicas=N|all` and `timeout_ms=`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WriteOptions {
+    /// Peers that must apply the write before the answer (0: none).
+    pub replicas: usize,
+    pub timeout: Option<Duration>,
+}
+
+impl WriteOptions {
+    /// Parses a write's query string.
+    pub fn parse(state: &AppState, query: Option<&str>) -> Result<WriteOptions, ApiError> {
+        let mut opts = WriteOptions::default();
+        let peers = state.repl.members.peer_count();
+        for (name, value) in parse_query(query)? {
+            match name.as_str() {
+                "replicas" => {
+                    opts.replicas = match value.as_str() {
+                        "all" => peers,
+                        n => n.parse::<usize>().ok().filter(|n| *n <= peers).ok_or_else(|| {
+                            ApiError::bad_request(
+                                "bad_query",
+                                format!("replicas must be \"all\" or a number from 0 to {peers} (this cluster's peers), not {value:?}"),
+                            )
+                        })?,
+                    }
+                }
+                "timeout_ms" => {
+                    opts.timeout = Some(
+                        value
+                            .parse::<u64>()
+                            .ok()
+                            .map(Duration::from_millis)
+                            .filter(|t| !t.is_zero() && *t <= MAX_REPLICA_TIMEOUT)
+                            .ok_or_else(|| {
+                                ApiError::bad_request(
+                                    "bad_query",
+                                    format!("timeout_ms must be from 1 to {}, not {value:?}", MAX_REPLICA_TIMEOUT.as_millis()),
+                                )
+                            })?,
+                    )
+                }
+                other => {
+                    return Err(ApiError::bad_request(
+                        "bad_query",
+                        format!("unknown query parameter {other:?}; expected replicas or timeout_ms"),
+                    ))
+                }
+            }
+        }
+        Ok(opts)
+    }
+}
+
+/// After a write at the master: waits for the replicas asked for. `Ok`
+/// with the count, or the 504 answer on timeout.
+pub async fn await_replicas(
+    state: &AppState,
+    outcome: &WriteOutcome,
+    opts: WriteOptions,
+) -> Result<Option<usize>, ApiError> {
+    if opts.replicas == 0 {
+        return Ok(None);
+    }
+    let timeout = opts
+        .timeout
+        .unwrap_or(Duration::from_millis(state.repl.config.replica_timeout_ms));
+    match state.repl.wait_replicas(outcome.seq, opts.replicas, timeout).await {
+        Ok(n) => Ok(Some(n)),
+        Err(n) => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "replication_timeout",
+            format!(
+                "the write (version {}) is durable on the master {} but only {n} of {} replicas applied it within {} ms; it will reach the rest lazily",
+                outcome.version,
+                state.node.id(),
+                opts.replicas,
+                timeout.as_millis()
+            ),
+        )
+        .with_detail("replicas", n.into())
+        .with_detail("wanted", opts.replicas.into())
+        .with_detail("version", outcome.version.to_string().into())),
+    }
+}
+
+/// Where a read is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Consistency {
+    /// This node's storage, never waiting on a peer.
+    Any,
+    /// The key's master.
+    Master,
+}
+
+fn read_consistency(query: Option<&str>) -> Result<Consistency, ApiError> {
+    let mut c = Consistency::Any;
+    for (name, value) in parse_query(query)? {
+        match (name.as_str(), value.as_str()) {
+            ("consistency", "any") => c = Consistency::Any,
+            ("consistency", "master") => c = Consistency::Master,
+            ("consistency", v) => {
+                return Err(ApiError::bad_request(
+                    "bad_query",
+                    format!("consistency must be \"any\" or \"master\", not {v:?}"),
+                ))
+            }
+            (other, _) => {
+                return Err(ApiError::bad_request(
+                    "bad_query",
+                    format!("unknown query parameter {other:?}; expected consistency"),
+                ))
+            }
+        }
+    }
+    Ok(c)
 }
 
 /// `GET /v1/kv/{key}` (and `HEAD`, which axum answers from this handler
 /// without the body).
 pub async fn get(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
-    let key = key_from_path(req.uri().path(), PREFIX)?;
-    let pre = preconditions(req.headers())?;
+    let (parts, _) = req.into_parts();
+    let key = key_from_path(parts.uri.path(), PREFIX)?;
+    state.node.check_key(&key)?;
+    if read_consistency(parts.uri.query())? == Consistency::Master {
+        if let Some(res) = forward::to_master(&state, &key, &parts, bytes::Bytes::new(), None).await
+        {
+            return Ok(res);
+        }
+    }
+    let pre = preconditions(&parts.headers)?;
     let record =
         state.node.get(&key).await?.ok_or_else(|| {
             ApiError::not_found(format!("no value is stored under the key {key:?}"))
@@ -63,25 +202,28 @@ pub async fn put(State(state): State<AppState>, req: Request) -> Result<Response
     let (parts, body) = req.into_parts();
     let key = key_from_path(parts.uri.path(), PREFIX)?;
     state.node.check_key(&key)?;
+    let opts = WriteOptions::parse(&state, parts.uri.query())?;
     let pre = preconditions(&parts.headers)?;
     let content_type = match parts.headers.get(CONTENT_TYPE) {
         None => DEFAULT_CONTENT_TYPE.to_owned(),
-        Some(v) => {
-            let text = v
-                .to_str()
-                .ok()
-                .filter(|t| t.len() <= MAX_CONTENT_TYPE_BYTES && !t.is_empty());
-            text.ok_or_else(|| {
+        Some(v) => v
+            .to_str()
+            .ok()
+            .filter(|t| t.len() <= MAX_CONTENT_TYPE_BYTES && !t.is_empty())
+            .ok_or_else(|| {
                 ApiError::bad_request(
                     "bad_header",
                     format!("Content-Type must be 1 to {MAX_CONTENT_TYPE_BYTES} visible ASCII characters"),
                 )
             })?
-            .to_owned()
-        }
+            .to_owned(),
     };
     let value = read_body(body, &parts.headers, state.node.limits().max_value_bytes).await?;
+    if let Some(res) = forward::to_master(&state, &key, &parts, value.clone(), None).await {
+        return Ok(res);
+    }
     let outcome = state.node.put(&key, value, content_type, &pre).await?;
+    let replicas = await_replicas(&state, &outcome, opts).await?;
     let status = if outcome.created {
         StatusCode::CREATED
     } else {
@@ -92,21 +234,40 @@ pub async fn put(State(state): State<AppState>, req: Request) -> Result<Response
         &serde_json::json!({"key": key, "version": outcome.version.to_string()}),
     );
     res.headers_mut().insert(ETAG, etag(&outcome.version));
+    if let Some(n) = replicas {
+        res.headers_mut().insert(
+            HeaderName::from_static(REPLICAS_HEADER),
+            HeaderValue::from(n),
+        );
+    }
     Ok(res)
 }
 
 /// `DELETE /v1/kv/{key}`: 204; 404 when there is nothing to delete.
 pub async fn delete(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
-    let key = key_from_path(req.uri().path(), PREFIX)?;
-    let pre = preconditions(req.headers())?;
+    let (parts, _) = req.into_parts();
+    let key = key_from_path(parts.uri.path(), PREFIX)?;
+    state.node.check_key(&key)?;
+    let opts = WriteOptions::parse(&state, parts.uri.query())?;
+    let pre = preconditions(&parts.headers)?;
+    if let Some(res) = forward::to_master(&state, &key, &parts, bytes::Bytes::new(), None).await {
+        return Ok(res);
+    }
     let outcome = state.node.delete(&key, &pre).await.map_err(|e| match e {
         NodeError::NotFound => {
             ApiError::not_found(format!("no value is stored under the key {key:?}"))
         }
         e => e.into(),
     })?;
+    let replicas = await_replicas(&state, &outcome, opts).await?;
     let mut res = StatusCode::NO_CONTENT.into_response();
     res.headers_mut().insert(ETAG, etag(&outcome.version));
+    if let Some(n) = replicas {
+        res.headers_mut().insert(
+            HeaderName::from_static(REPLICAS_HEADER),
+            HeaderValue::from(n),
+        );
+    }
     Ok(res)
 }
 
@@ -120,18 +281,8 @@ pub async fn list(State(state): State<AppState>, req: Request) -> Result<Respons
     let mut prefix = String::new();
     let mut limit = DEFAULT_LIMIT;
     let mut cursor: Option<String> = None;
-    for pair in req
-        .uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = keypath::decode_query(value).map_err(|e| {
-            ApiError::bad_request("bad_query", format!("query parameter {name:?}: {e}"))
-        })?;
-        match name {
+    for (name, value) in parse_query(req.uri().query())? {
+        match name.as_str() {
             "prefix" => prefix = value,
             "cursor" => cursor = Some(value).filter(|c| !c.is_empty()),
             "limit" => {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::storage::{Applied, Batch, Record, Storage, StorageError};
+use crate::storage::{Applied, Batch, Cursor, Record, Storage, StorageError};
 pub use conditions::{EtagList, Preconditions};
 use version::{Clock, Version};
 
@@ -51,6 +51,8 @@ pub struct WriteOutcome {
     /// True when the key held no live value before.
     pub created: bool,
     pub version: Version,
+    /// The seq the write took in this node's change feed.
+    pub seq: u64,
 }
 
 /// Content type stored when a client sends none.
@@ -66,6 +68,8 @@ pub struct Node {
     clock: Clock,
     locks: Vec<tokio::sync::Mutex<()>>,
     limits: Limits,
+    /// The highest seq committed; the feed long-polls on it.
+    last_seq: tokio::sync::watch::Sender<u64>,
 }
 
 impl Node {
@@ -76,6 +80,7 @@ impl Node {
         limits: Limits,
     ) -> Result<Self, StorageError> {
         let floor = storage.max_version_ts().await?;
+        let last_seq = storage.last_seq().await?;
         Ok(Node {
             id,
             storage,
@@ -84,6 +89,7 @@ impl Node {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             limits,
+            last_seq: tokio::sync::watch::Sender::new(last_seq),
         })
     }
 
@@ -97,6 +103,56 @@ impl Node {
 
     pub fn storage(&self) -> &Arc<dyn Storage> {
         &self.storage
+    }
+
+    /// Watches the highest committed seq of this node's feed.
+    pub fn subscribe_seq(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.last_seq.subscribe()
+    }
+
+    /// Tells feed watchers that `seq` is committed.
+    fn committed(&self, seq: u64) {
+        self.last_seq.send_if_modified(|last| {
+            let newer = seq > *last;
+            if newer {
+                *last = seq;
+            }
+            newer
+        });
+    }
+
+    /// Applies records pulled from `peer`'s feed, with the cursor that
+    /// covers them, in one transaction: each record only when newer than
+    /// the stored one. Returns how many were stored.
+    pub async fn apply_remote(
+        &self,
+        peer: &str,
+        records: Vec<Record>,
+        cursor: u64,
+    ) -> Result<usize, StorageError> {
+        if let Some(ts) = records.iter().map(|r| r.version.ts).max() {
+            // A version from a clock ahead of ours: ours moves past it, so
+            // a later write here still gets a greater version.
+            self.clock.observe(ts);
+        }
+        let applied = self
+            .storage
+            .apply(Batch {
+                records,
+                cursor: Some(Cursor {
+                    peer: peer.to_owned(),
+                    seq: cursor,
+                }),
+            })
+            .await?;
+        let mut stored = 0;
+        for a in &applied {
+            if let Applied::Stored { seq } = a {
+                stored += 1;
+                self.committed(*seq);
+            }
+        }
+        Ok(stored)
     }
 
     /// Checks a key against the limits.
@@ -145,72 +201,77 @@ impl Node {
     ) -> Result<WriteOutcome, NodeError> {
         self.check_key(key)?;
         self.check_value_len(value.len())?;
-        self.write(key, pre, false, |version| Record {
+        let record = Record {
             key: key.to_owned(),
             value,
             content_type,
-            version,
+            version: Version::default(),
             tombstone: false,
-        })
-        .await
+        };
+        self.write(record, pre).await
     }
 
     /// Deletes `key` (writes a tombstone) if it is live and the
     /// preconditions hold; `NotFound` when there is nothing to delete.
     pub async fn delete(&self, key: &str, pre: &Preconditions) -> Result<WriteOutcome, NodeError> {
         self.check_key(key)?;
-        self.write(key, pre, true, |version| Record {
+        let record = Record {
             key: key.to_owned(),
             value: Bytes::new(),
             content_type: String::new(),
-            version,
+            version: Version::default(),
             tombstone: true,
-        })
-        .await
+        };
+        self.write(record, pre).await
     }
 
-    /// The write path shared by put and delete.
+    /// The write path shared by put and delete: `record` gets its version
+    /// here, under the key's lock.
     async fn write(
         &self,
-        key: &str,
+        mut record: Record,
         pre: &Preconditions,
-        is_delete: bool,
-        make: impl FnOnce(Version) -> Record,
     ) -> Result<WriteOutcome, NodeError> {
-        let _guard = self.locks[stripe(key)].lock().await;
-        let current = self.storage.get(key).await?.map(|e| e.record);
-        let live = current.as_ref().filter(|r| !r.tombstone);
-        pre.check(live.map(|r| &r.version))?;
-        if is_delete && live.is_none() {
-            return Err(NodeError::NotFound);
+        let key = record.key.clone();
+        let _guard = self.locks[stripe(&key)].lock().await;
+        // A record pulled from a peer can land between our read and our
+        // commit (only while members disagree on a key's master); storage
+        // then refuses ours as stale, and we decide again.
+        for _ in 0..3 {
+            let current = self.storage.get(&key).await?.map(|e| e.record);
+            let live = current.as_ref().filter(|r| !r.tombstone);
+            pre.check(live.map(|r| &r.version))?;
+            if record.tombstone && live.is_none() {
+                return Err(NodeError::NotFound);
+            }
+            // The clock is above every version stored here; observing the
+            // current one keeps that true whatever a peer's clock said.
+            if let Some(c) = &current {
+                self.clock.observe(c.version.ts);
+            }
+            record.version = Version {
+                ts: self.clock.tick(),
+                node: self.id.clone(),
+            };
+            let applied = self
+                .storage
+                .apply(Batch {
+                    records: vec![record.clone()],
+                    cursor: None,
+                })
+                .await?;
+            if let Some(Applied::Stored { seq }) = applied.first() {
+                self.committed(*seq);
+                return Ok(WriteOutcome {
+                    created: live.is_none(),
+                    version: record.version,
+                    seq: *seq,
+                });
+            }
         }
-        // The clock is above every stored version, so this is newer than
-        // `current`; observe it anyway so a record that arrived from a peer
-        // with a clock ahead of ours can never be shadowed.
-        if let Some(c) = &current {
-            self.clock.observe(c.version.ts);
-        }
-        let version = Version {
-            ts: self.clock.tick(),
-            node: self.id.clone(),
-        };
-        let record = make(version.clone());
-        let applied = self
-            .storage
-            .apply(Batch {
-                records: vec![record],
-                cursor: None,
-            })
-            .await?;
-        match applied.first() {
-            Some(Applied::Stored { .. }) => Ok(WriteOutcome {
-                created: live.is_none(),
-                version,
-            }),
-            _ => Err(NodeError::Storage(StorageError::Other(format!(
-                "storage refused version {version} of key {key:?} as stale"
-            )))),
-        }
+        Err(NodeError::Storage(StorageError::Other(format!(
+            "key {key:?} kept changing under a write"
+        ))))
     }
 
     /// Live keys with `prefix`, after `start_after`, at most `limit`.

@@ -8,8 +8,9 @@
 //! only after that commit returned, so an acknowledged write is durable.
 //!
 //! Tables: `records` (key -> encoded record, see `codec`), `feed`
-//! (seq -> key, one row per key at its latest seq), `meta` (last seq, max
-//! version ts) and `cursors` (peer -> seq).
+//! (seq -> key, one row per key at its latest seq), `tombstones` (seq ->
+//! key, the feed's tombstone rows, for garbage collection), `meta` (last
+//! seq, max version ts) and `cursors` (peer -> seq).
 
 use std::ops::Bound;
 use std::path::Path;
@@ -17,18 +18,20 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{codec, Applied, Batch, Entry, Result, Storage, StorageError};
 
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 const FEED: TableDefinition<u64, &str> = TableDefinition::new("feed");
+const TOMBSTONES: TableDefinition<u64, &str> = TableDefinition::new("tombstones");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
 
 const LAST_SEQ: &str = "last_seq";
 const MAX_TS: &str = "max_version_ts";
+const FEED_ID: &str = "feed_id";
 
 /// Most batches one commit takes, and most value bytes, so one huge group
 /// cannot hold every writer behind it for long.
@@ -38,9 +41,18 @@ const MAX_GROUP_BYTES: usize = 64 << 20;
 /// The file name inside the data dir.
 pub const FILE_NAME: &str = "ripple.redb";
 
-struct Job {
-    batch: Batch,
-    reply: oneshot::Sender<Result<Vec<Applied>>>,
+/// Work for the writer thread.
+enum Job {
+    Apply {
+        batch: Batch,
+        reply: oneshot::Sender<Result<Vec<Applied>>>,
+    },
+    Purge {
+        max_seq: u64,
+        older_than_ts: u64,
+        limit: usize,
+        reply: oneshot::Sender<Result<usize>>,
+    },
 }
 
 /// The redb engine. Cheap to share behind an `Arc`.
@@ -74,7 +86,12 @@ impl Embedded {
         {
             txn.open_table(RECORDS).map_err(other)?;
             txn.open_table(FEED).map_err(other)?;
-            txn.open_table(META).map_err(other)?;
+            txn.open_table(TOMBSTONES).map_err(other)?;
+            let mut meta = txn.open_table(META).map_err(other)?;
+            if meta.get(FEED_ID).map_err(other)?.is_none() {
+                meta.insert(FEED_ID, super::random_feed_id())
+                    .map_err(other)?;
+            }
             txn.open_table(CURSORS).map_err(other)?;
         }
         txn.commit().map_err(other)?;
@@ -108,30 +125,57 @@ fn other(e: impl std::fmt::Display) -> StorageError {
     StorageError::Other(e.to_string())
 }
 
-/// The writer thread: take every queued job, commit them together, answer.
+/// The writer thread: take every queued batch, commit them together,
+/// answer. A purge runs in a transaction of its own.
 fn writer_loop(db: &Database, mut rx: mpsc::UnboundedReceiver<Job>) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut bytes = batch_bytes(&first.batch);
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_GROUP_BATCHES && bytes < MAX_GROUP_BYTES {
+    let mut next: Option<Job> = None;
+    loop {
+        let job = match next.take() {
+            Some(job) => job,
+            None => match rx.blocking_recv() {
+                Some(job) => job,
+                None => return,
+            },
+        };
+        let (first, first_reply) = match job {
+            Job::Apply { batch, reply } => (batch, reply),
+            Job::Purge {
+                max_seq,
+                older_than_ts,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(purge(db, max_seq, older_than_ts, limit));
+                continue;
+            }
+        };
+        let mut bytes = batch_bytes(&first);
+        let mut batches = vec![first];
+        let mut replies = vec![first_reply];
+        while batches.len() < MAX_GROUP_BATCHES && bytes < MAX_GROUP_BYTES {
             match rx.try_recv() {
-                Ok(job) => {
-                    bytes += batch_bytes(&job.batch);
-                    jobs.push(job);
+                Ok(Job::Apply { batch, reply }) => {
+                    bytes += batch_bytes(&batch);
+                    batches.push(batch);
+                    replies.push(reply);
+                }
+                Ok(purge) => {
+                    next = Some(purge);
+                    break;
                 }
                 Err(_) => break,
             }
         }
-        match commit_group(db, &jobs) {
+        match commit_group(db, &batches) {
             Ok(results) => {
-                for (job, result) in jobs.into_iter().zip(results) {
-                    let _ = job.reply.send(Ok(result));
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(Ok(result));
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, batches = jobs.len(), "group commit failed");
-                for job in jobs {
-                    let _ = job.reply.send(Err(StorageError::Other(e.to_string())));
+                tracing::error!(error = %e, batches = batches.len(), "group commit failed");
+                for reply in replies {
+                    let _ = reply.send(Err(StorageError::Other(e.to_string())));
                 }
             }
         }
@@ -146,13 +190,14 @@ fn batch_bytes(batch: &Batch) -> usize {
         .sum()
 }
 
-/// Applies every job's batch, in order, in one transaction.
-fn commit_group(db: &Database, jobs: &[Job]) -> Result<Vec<Vec<Applied>>> {
+/// Applies every batch, in order, in one transaction.
+fn commit_group(db: &Database, batches: &[Batch]) -> Result<Vec<Vec<Applied>>> {
     let txn = db.begin_write().map_err(other)?;
-    let mut results = Vec::with_capacity(jobs.len());
+    let mut results = Vec::with_capacity(batches.len());
     {
         let mut records = txn.open_table(RECORDS).map_err(other)?;
         let mut feed = txn.open_table(FEED).map_err(other)?;
+        let mut tombstones = txn.open_table(TOMBSTONES).map_err(other)?;
         let mut meta = txn.open_table(META).map_err(other)?;
         let mut cursors = txn.open_table(CURSORS).map_err(other)?;
         let mut last_seq = meta
@@ -166,9 +211,9 @@ fn commit_group(db: &Database, jobs: &[Job]) -> Result<Vec<Vec<Applied>>> {
             .map(|v| v.value())
             .unwrap_or(0);
 
-        for job in jobs {
-            let mut applied = Vec::with_capacity(job.batch.records.len());
-            for record in &job.batch.records {
+        for batch in batches {
+            let mut applied = Vec::with_capacity(batch.records.len());
+            for record in &batch.records {
                 let old = match records.get(record.key.as_str()).map_err(other)? {
                     Some(bytes) => Some(codec::decode_header(&record.key, bytes.value())?),
                     None => None,
@@ -181,6 +226,7 @@ fn commit_group(db: &Database, jobs: &[Job]) -> Result<Vec<Vec<Applied>>> {
                 }
                 if let Some((old_seq, _)) = old {
                     feed.remove(old_seq).map_err(other)?;
+                    tombstones.remove(old_seq).map_err(other)?;
                 }
                 last_seq += 1;
                 max_ts = max_ts.max(record.version.ts);
@@ -191,9 +237,14 @@ fn commit_group(db: &Database, jobs: &[Job]) -> Result<Vec<Vec<Applied>>> {
                     )
                     .map_err(other)?;
                 feed.insert(last_seq, record.key.as_str()).map_err(other)?;
+                if record.tombstone {
+                    tombstones
+                        .insert(last_seq, record.key.as_str())
+                        .map_err(other)?;
+                }
                 applied.push(Applied::Stored { seq: last_seq });
             }
-            if let Some(cursor) = &job.batch.cursor {
+            if let Some(cursor) = &batch.cursor {
                 cursors
                     .insert(cursor.peer.as_str(), cursor.seq)
                     .map_err(other)?;
@@ -206,6 +257,53 @@ fn commit_group(db: &Database, jobs: &[Job]) -> Result<Vec<Vec<Applied>>> {
     // Durability::Immediate is redb's default: commit returns after fsync.
     txn.commit().map_err(other)?;
     Ok(results)
+}
+
+/// Removes old tombstones up to `max_seq`, in one transaction.
+fn purge(db: &Database, max_seq: u64, older_than_ts: u64, limit: usize) -> Result<usize> {
+    let txn = db.begin_write().map_err(other)?;
+    let mut purged = 0;
+    {
+        let mut records = txn.open_table(RECORDS).map_err(other)?;
+        let mut feed = txn.open_table(FEED).map_err(other)?;
+        let mut tombstones = txn.open_table(TOMBSTONES).map_err(other)?;
+        let mut victims = Vec::new();
+        for item in tombstones.range(..=max_seq).map_err(other)? {
+            if victims.len() >= limit {
+                break;
+            }
+            let (seq, key) = item.map_err(other)?;
+            victims.push((seq.value(), key.value().to_owned()));
+        }
+        for (seq, key) in victims {
+            let ts = match records.get(key.as_str()).map_err(other)? {
+                Some(bytes) => codec::decode_header(&key, bytes.value())?.1.ts,
+                None => 0,
+            };
+            if ts >= older_than_ts {
+                continue;
+            }
+            records.remove(key.as_str()).map_err(other)?;
+            feed.remove(seq).map_err(other)?;
+            tombstones.remove(seq).map_err(other)?;
+            purged += 1;
+        }
+    }
+    txn.commit().map_err(other)?;
+    Ok(purged)
+}
+
+impl Embedded {
+    /// Hands a job to the writer thread.
+    fn submit(&self, job: Job) -> Result<()> {
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        match writer.as_ref().map(|w| w.send(job)) {
+            Some(Ok(())) => Ok(()),
+            _ => Err(StorageError::Unavailable(
+                "the storage engine is closed".into(),
+            )),
+        }
+    }
 }
 
 #[async_trait]
@@ -221,20 +319,7 @@ impl Storage for Embedded {
 
     async fn apply(&self, batch: Batch) -> Result<Vec<Applied>> {
         let (reply, answer) = oneshot::channel();
-        let sent = match self
-            .writer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-        {
-            Some(writer) => writer.send(Job { batch, reply }).is_ok(),
-            None => false,
-        };
-        if !sent {
-            return Err(StorageError::Unavailable(
-                "the storage engine is closed".into(),
-            ));
-        }
+        self.submit(Job::Apply { batch, reply })?;
         answer
             .await
             .map_err(|_| StorageError::Unavailable("the storage writer stopped".into()))?
@@ -300,12 +385,40 @@ impl Storage for Embedded {
         Ok(out)
     }
 
+    async fn feed_id(&self) -> Result<u64> {
+        self.read_meta(FEED_ID)
+    }
+
     async fn last_seq(&self) -> Result<u64> {
         self.read_meta(LAST_SEQ)
     }
 
     async fn max_version_ts(&self) -> Result<u64> {
         self.read_meta(MAX_TS)
+    }
+
+    async fn purge_tombstones(
+        &self,
+        max_seq: u64,
+        older_than_ts: u64,
+        limit: usize,
+    ) -> Result<usize> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Purge {
+            max_seq,
+            older_than_ts,
+            limit,
+            reply,
+        })?;
+        answer
+            .await
+            .map_err(|_| StorageError::Unavailable("the storage writer stopped".into()))?
+    }
+
+    async fn tombstone_count(&self) -> Result<u64> {
+        let txn = self.db.begin_read().map_err(other)?;
+        let tombstones = txn.open_table(TOMBSTONES).map_err(other)?;
+        tombstones.len().map_err(other)
     }
 
     async fn cursor(&self, peer: &str) -> Result<u64> {

@@ -104,6 +104,10 @@ pub trait Storage: Send + Sync + 'static {
     /// `limit`. A key appears once, at the seq of its latest change.
     async fn changes_since(&self, after: u64, limit: usize) -> Result<Vec<Entry>>;
 
+    /// A random id drawn when this store was created: a peer whose cursor
+    /// was for another feed id (this node's data was wiped) starts over.
+    async fn feed_id(&self) -> Result<u64>;
+
     /// The highest seq taken so far (0 when nothing was ever stored).
     async fn last_seq(&self) -> Result<u64>;
 
@@ -111,9 +115,36 @@ pub trait Storage: Send + Sync + 'static {
     /// above it after a restart.
     async fn max_version_ts(&self) -> Result<u64>;
 
+    /// Removes tombstones whose seq is at most `max_seq` and whose version
+    /// ts is below `older_than_ts`, at most `limit` of them, in one durable
+    /// transaction. Returns how many were removed.
+    async fn purge_tombstones(
+        &self,
+        max_seq: u64,
+        older_than_ts: u64,
+        limit: usize,
+    ) -> Result<usize>;
+
+    /// How many tombstones this node holds.
+    async fn tombstone_count(&self) -> Result<u64>;
+
     /// The stored cursor for `peer` (0 when none).
     async fn cursor(&self, peer: &str) -> Result<u64>;
 
     /// Flushes and releases the engine. Later calls fail with `Unavailable`.
     async fn close(&self) -> Result<()>;
+}
+
+/// A fresh random feed id (never 0, which means "none" on the wire).
+pub fn random_feed_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    h.finish().max(1)
 }

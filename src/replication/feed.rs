@@ -1,0 +1,173 @@
+//! The change feed over HTTP: `GET /internal/v1/feed`, what a node answers
+//! its peers, and the client side a puller uses.
+//!
+//! Query: `after` (the asker's cursor), `limit` (most records; 0 asks only
+//! for the headers), `wait_ms` (how long to wait for a change when there is
+//! none after `after`), `from` (the asker's node id) and `feed` (the feed id
+//! the cursor belongs to). The answer is a binary frame (`codec`) with
+//! headers:
+//! - `x-ripple-feed-id`: this node's feed id. When it differs from the
+//!   asker's `feed`, the answer carries no records and the asker starts over
+//!   with the cursor it keeps for this feed id (this node's data was wiped).
+//! - `x-ripple-feed-upto`: the seq up to which the answer covers the feed:
+//!   the asker stores it as its new cursor with the records, even when
+//!   there are none (seqs whose records were replaced or purged).
+//! - `x-ripple-last-seq`: this node's highest seq, for lag figures.
+//!
+//! A request whose `from` and `feed` match records `after` as that peer's
+//! acknowledgement (see `Replication::record_ack`).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::{Method, StatusCode};
+
+use super::{codec, Replication};
+use crate::client::SendError;
+use crate::cluster::Peers;
+use crate::storage::{Entry, StorageError};
+
+pub const PATH: &str = "/internal/v1/feed";
+pub const FEED_ID: &str = "x-ripple-feed-id";
+pub const UPTO: &str = "x-ripple-feed-upto";
+pub const LAST_SEQ: &str = "x-ripple-last-seq";
+
+/// The longest a feed request may wait.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// A feed request's parameters.
+#[derive(Debug, Default, Clone)]
+pub struct FeedQuery {
+    pub after: u64,
+    pub limit: usize,
+    pub wait: Duration,
+    pub from: Option<String>,
+    pub feed: u64,
+}
+
+/// A feed answer.
+#[derive(Debug)]
+pub struct FeedAnswer {
+    pub feed_id: u64,
+    pub entries: Vec<Entry>,
+    pub upto: u64,
+    pub last_seq: u64,
+}
+
+/// Serves a feed request.
+pub async fn read(repl: &Replication, q: &FeedQuery) -> Result<FeedAnswer, StorageError> {
+    let storage = repl.node.storage();
+    let feed_id = storage.feed_id().await?;
+    if q.feed != feed_id || q.limit == 0 {
+        // A cursor for another feed, or only the headers asked for.
+        return Ok(FeedAnswer {
+            feed_id,
+            entries: Vec::new(),
+            upto: 0,
+            last_seq: storage.last_seq().await?,
+        });
+    }
+    if let Some(from) = &q.from {
+        if repl.members.get(from).is_some() && from != repl.members.self_id() {
+            repl.record_ack(from, q.after);
+        }
+    }
+    let mut seq = repl.node.subscribe_seq();
+    if *seq.borrow() <= q.after && !q.wait.is_zero() {
+        tokio::select! {
+            _ = tokio::time::timeout(q.wait.min(MAX_WAIT), seq.wait_for(|s| *s > q.after)) => {}
+            _ = repl.stopped() => {}
+        }
+    }
+    // The last seq is read before the records: every change up to it is
+    // committed, so the scan below sees it (or its replacement).
+    let last_seq = storage.last_seq().await?;
+    let mut entries = storage.changes_since(q.after, q.limit).await?;
+    let full = entries.len() >= q.limit;
+    let mut bytes = 0;
+    let mut keep = 0;
+    for e in &entries {
+        if keep > 0 && bytes + e.record.value.len() > repl.config.batch_max_bytes {
+            break;
+        }
+        bytes += e.record.value.len() + e.record.key.len();
+        keep += 1;
+    }
+    let cut = keep < entries.len();
+    entries.truncate(keep);
+    let last_entry = entries.last().map(|e| e.seq);
+    let upto = if full || cut {
+        last_entry.unwrap_or(q.after)
+    } else {
+        last_seq.max(last_entry.unwrap_or(0)).max(q.after)
+    };
+    Ok(FeedAnswer {
+        feed_id,
+        entries,
+        upto,
+        last_seq,
+    })
+}
+
+/// Why a feed could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error(transparent)]
+    Send(#[from] SendError),
+    #[error("{0}")]
+    Bad(String),
+}
+
+/// Asks peer `id` for its feed.
+pub async fn fetch(peers: &Peers, id: &str, q: &FeedQuery) -> Result<FeedAnswer, FetchError> {
+    let mut path = format!(
+        "{PATH}?after={}&limit={}&wait_ms={}&feed={}",
+        q.after,
+        q.limit,
+        q.wait.as_millis(),
+        q.feed
+    );
+    if let Some(from) = &q.from {
+        path.push_str(&format!("&from={from}"));
+    }
+    let timeout = q.wait + Duration::from_secs(30);
+    let reply = peers
+        .send(id, Method::GET, &path, &[], Bytes::new(), timeout)
+        .await?;
+    if reply.status != StatusCode::OK {
+        return Err(FetchError::Bad(format!(
+            "{id} answered {}: {}",
+            reply.status,
+            reply.error_message()
+        )));
+    }
+    let header = |name: &str| -> Result<u64, FetchError> {
+        reply
+            .header(name)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| FetchError::Bad(format!("{id} sent no valid {name} header")))
+    };
+    let feed_id = header(FEED_ID)?;
+    let upto = header(UPTO)?;
+    let last_seq = header(LAST_SEQ)?;
+    let entries = codec::decode(reply.body.clone())
+        .map_err(|e| FetchError::Bad(format!("{id} sent a bad feed frame: {e}")))?;
+    Ok(FeedAnswer {
+        feed_id,
+        entries,
+        upto,
+        last_seq,
+    })
+}
+
+/// Peer `id`'s highest seq, asked without waiting.
+pub async fn peer_last_seq(peers: &Peers, id: &str, timeout: Duration) -> Result<u64, FetchError> {
+    let q = FeedQuery {
+        wait: Duration::ZERO,
+        ..Default::default()
+    };
+    let answer = tokio::time::timeout(timeout, fetch(peers, id, &q))
+        .await
+        .map_err(|_| FetchError::Bad(format!("{id} did not answer within {timeout:?}")))??;
+    Ok(answer.last_seq)
+}

@@ -1,0 +1,291 @@
+//! Replication: every node pulls every peer's change feed from its durable
+//! cursor and applies what is newer (`puller`); serves its own feed to its
+//! peers, long-polling when there is nothing new (`feed`), in binary frames
+//! (`codec`); and collects tombstones once every peer has them (`gc`).
+//!
+//! The feed requests double as acknowledgements: a peer asks for changes
+//! after the cursor it has durably stored, so the `after` of its latest
+//! request says how far it has applied this node's feed. Writes with
+//! `replicas=N` wait on those acknowledgements, and tombstone collection
+//! waits for all of them.
+
+pub mod codec;
+pub mod feed;
+pub mod gc;
+pub mod puller;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{watch, Notify};
+
+use crate::cluster::{Members, Peers};
+use crate::config::ReplicationConfig;
+use crate::node::Node;
+
+/// How one node's pulling from one peer is going.
+#[derive(Clone, Debug, Default)]
+pub struct PullStatus {
+    /// Whether the last feed request got an answer.
+    pub reachable: bool,
+    /// The highest seq of the peer's feed applied here (durable).
+    pub cursor: u64,
+    /// The peer's highest seq, as of its last answer.
+    pub peer_last_seq: u64,
+    /// Since when this node has been behind the peer, if it is.
+    pub behind_since: Option<Instant>,
+    pub last_error: Option<String>,
+}
+
+/// One puller's shared state.
+pub struct Pull {
+    pub status: watch::Sender<PullStatus>,
+    /// Cuts a puller's back-off short (`sync`).
+    pub wake: Notify,
+}
+
+/// The replication of one node.
+pub struct Replication {
+    pub node: Arc<Node>,
+    pub members: Members,
+    pub peers: Arc<Peers>,
+    pub config: ReplicationConfig,
+    /// Each peer's durable cursor on this node's feed.
+    acks: watch::Sender<HashMap<String, u64>>,
+    pulls: HashMap<String, Arc<Pull>>,
+    stop: watch::Sender<bool>,
+}
+
+/// A member's line in `/v1/status`.
+#[derive(Debug, Serialize)]
+pub struct MemberStatus {
+    pub id: String,
+    pub url: String,
+    #[serde(rename = "self")]
+    pub is_self: bool,
+    /// Whether this node's last request to it was answered (null for self).
+    pub reachable: Option<bool>,
+    /// The highest seq of its feed applied here.
+    pub cursor: Option<u64>,
+    /// Its highest seq, as last seen.
+    pub last_seq: Option<u64>,
+    /// Changes of its feed not yet applied here (an upper bound).
+    pub lag_changes: Option<u64>,
+    /// How long this node has been behind it, in milliseconds (0 when not).
+    pub lag_ms: Option<u64>,
+    /// How far it has applied this node's feed, as its requests say.
+    pub acked: Option<u64>,
+    pub last_error: Option<String>,
+}
+
+/// What `sync` found for one peer.
+#[derive(Debug, Serialize)]
+pub struct SyncResult {
+    pub id: String,
+    pub reachable: bool,
+    /// The peer's highest seq when the sync began.
+    pub target: Option<u64>,
+    /// This node's cursor on it when the sync ended.
+    pub cursor: u64,
+    pub caught_up: bool,
+    pub error: Option<String>,
+}
+
+impl Replication {
+    pub fn new(
+        node: Arc<Node>,
+        members: Members,
+        peers: Arc<Peers>,
+        config: ReplicationConfig,
+    ) -> Arc<Self> {
+        let pulls = members
+            .peers()
+            .map(|m| {
+                (
+                    m.id.clone(),
+                    Arc::new(Pull {
+                        status: watch::Sender::new(PullStatus::default()),
+                        wake: Notify::new(),
+                    }),
+                )
+            })
+            .collect();
+        Arc::new(Replication {
+            node,
+            members,
+            peers,
+            config,
+            acks: watch::Sender::new(HashMap::new()),
+            pulls,
+            stop: watch::Sender::new(false),
+        })
+    }
+
+    /// Starts a puller per peer and the tombstone collector.
+    pub fn start(self: &Arc<Self>) {
+        for peer in self.pulls.keys() {
+            tokio::spawn(puller::run(self.clone(), peer.clone()));
+        }
+        tokio::spawn(gc::run(self.clone()));
+    }
+
+    /// Stops the pullers and the collector (in-flight applies finish).
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Resolves once `stop` was called.
+    pub async fn stopped(&self) {
+        let mut rx = self.stop.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    pub(crate) fn pull(&self, peer: &str) -> Option<&Arc<Pull>> {
+        self.pulls.get(peer)
+    }
+
+    /// Records that `peer` has durably applied this node's feed up to `seq`.
+    pub fn record_ack(&self, peer: &str, seq: u64) {
+        self.acks.send_if_modified(|acks| {
+            let changed = acks.get(peer) != Some(&seq);
+            acks.insert(peer.to_owned(), seq);
+            changed
+        });
+    }
+
+    /// Each peer's acknowledged seq (peers never heard from are absent).
+    pub fn acks(&self) -> HashMap<String, u64> {
+        self.acks.borrow().clone()
+    }
+
+    /// Waits until `wanted` peers have applied this node's feed up to `seq`.
+    /// `Ok(n)` once they have, `Err(n)` on timeout, with how many had.
+    pub async fn wait_replicas(
+        &self,
+        seq: u64,
+        wanted: usize,
+        timeout: Duration,
+    ) -> Result<usize, usize> {
+        let count = |acks: &HashMap<String, u64>| acks.values().filter(|s| **s >= seq).count();
+        let mut rx = self.acks.subscribe();
+        let reached =
+            match tokio::time::timeout(timeout, rx.wait_for(|acks| count(acks) >= wanted)).await {
+                Ok(Ok(acks)) => Some(count(&acks)),
+                _ => None,
+            };
+        match reached {
+            Some(n) => Ok(n),
+            None => Err(count(&self.acks.borrow())),
+        }
+    }
+
+    /// Pulls from every peer now and waits until this node has applied
+    /// each reachable peer's feed up to where it stood when the sync began.
+    pub async fn sync(self: &Arc<Self>, timeout: Duration) -> Vec<SyncResult> {
+        let tasks: Vec<_> = self
+            .members
+            .peers()
+            .map(|m| {
+                let this = self.clone();
+                let id = m.id.clone();
+                tokio::spawn(async move { this.sync_peer(&id, timeout).await })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            if let Ok(r) = t.await {
+                out.push(r);
+            }
+        }
+        out
+    }
+
+    async fn sync_peer(&self, id: &str, timeout: Duration) -> SyncResult {
+        let pull = match self.pulls.get(id) {
+            Some(p) => p.clone(),
+            None => unreachable!("sync_peer is called for peers only"),
+        };
+        let deadline = Instant::now() + timeout;
+        let target = feed::peer_last_seq(&self.peers, id, timeout).await;
+        let target = match target {
+            Ok(t) => t,
+            Err(e) => {
+                return SyncResult {
+                    id: id.to_owned(),
+                    reachable: false,
+                    target: None,
+                    cursor: pull.status.borrow().cursor,
+                    caught_up: false,
+                    error: Some(e.to_string()),
+                }
+            }
+        };
+        pull.wake.notify_one();
+        let mut rx = pull.status.subscribe();
+        let left = deadline.saturating_duration_since(Instant::now());
+        let caught_up = tokio::time::timeout(left, rx.wait_for(|s| s.cursor >= target))
+            .await
+            .is_ok();
+        let status = pull.status.borrow().clone();
+        SyncResult {
+            id: id.to_owned(),
+            reachable: true,
+            target: Some(target),
+            cursor: status.cursor,
+            caught_up,
+            error: if caught_up { None } else { status.last_error },
+        }
+    }
+
+    /// Every member's line for `/v1/status`.
+    pub fn member_status(&self) -> Vec<MemberStatus> {
+        let acks = self.acks();
+        self.members
+            .all()
+            .iter()
+            .map(|m| {
+                if m.id == self.members.self_id() {
+                    return MemberStatus {
+                        id: m.id.clone(),
+                        url: m.url.clone(),
+                        is_self: true,
+                        reachable: None,
+                        cursor: None,
+                        last_seq: Some(*self.node.subscribe_seq().borrow()),
+                        lag_changes: None,
+                        lag_ms: None,
+                        acked: None,
+                        last_error: None,
+                    };
+                }
+                let s = self
+                    .pulls
+                    .get(&m.id)
+                    .map(|p| p.status.borrow().clone())
+                    .unwrap_or_default();
+                MemberStatus {
+                    id: m.id.clone(),
+                    url: m.url.clone(),
+                    is_self: false,
+                    reachable: Some(s.reachable),
+                    cursor: Some(s.cursor),
+                    last_seq: Some(s.peer_last_seq),
+                    lag_changes: Some(s.peer_last_seq.saturating_sub(s.cursor)),
+                    lag_ms: Some(
+                        s.behind_since
+                            .map(|t| t.elapsed().as_millis() as u64)
+                            .unwrap_or(0),
+                    ),
+                    acked: acks.get(&m.id).copied(),
+                    last_error: s.last_error,
+                }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,107 @@
+//! The puller: one task per peer that follows the peer's feed from this
+//! node's durable cursor, applies each batch with the new cursor in one
+//! transaction, and long-polls when caught up, so a write reaches the peers
+//! in milliseconds. When the peer cannot be reached it backs off (up to a
+//! few seconds, cut short by `sync`) and resumes from the cursor.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::feed::{self, FeedQuery};
+use super::Replication;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The cursor's name in storage: per peer and per feed id, so a peer whose
+/// data was wiped (a new feed id) is followed from the start again.
+pub fn cursor_name(peer: &str, feed_id: u64) -> String {
+    format!("{peer}#{feed_id:016x}")
+}
+
+/// Follows `peer`'s feed until replication stops.
+pub async fn run(repl: Arc<Replication>, peer: String) {
+    let Some(pull) = repl.pull(&peer).cloned() else {
+        return;
+    };
+    let storage = repl.node.storage().clone();
+    let mut feed_id = 0u64;
+    let mut cursor = 0u64;
+    let mut backoff = MIN_BACKOFF;
+    while !repl.is_stopped() {
+        let q = FeedQuery {
+            after: cursor,
+            limit: repl.config.batch_max_records,
+            wait: Duration::from_millis(repl.config.long_poll_ms),
+            from: Some(repl.members.self_id().to_owned()),
+            feed: feed_id,
+        };
+        let result = tokio::select! {
+            r = feed::fetch(&repl.peers, &peer, &q) => r,
+            _ = repl.stopped() => break,
+        };
+        let answer = match result {
+            Ok(a) => a,
+            Err(e) => {
+                pull.status.send_modify(|s| {
+                    s.reachable = false;
+                    s.last_error = Some(e.to_string());
+                    s.behind_since.get_or_insert_with(Instant::now);
+                });
+                tracing::debug!(%peer, error = %e, "feed request failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = pull.wake.notified() => {}
+                    _ = repl.stopped() => break,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        backoff = MIN_BACKOFF;
+        if answer.feed_id != feed_id {
+            // First contact, or the peer's data was wiped: take the cursor
+            // this node keeps for that feed.
+            match storage.cursor(&cursor_name(&peer, answer.feed_id)).await {
+                Ok(c) => {
+                    feed_id = answer.feed_id;
+                    cursor = c;
+                    pull.status.send_modify(|s| {
+                        s.reachable = true;
+                        s.cursor = c;
+                        s.peer_last_seq = answer.last_seq;
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "cannot read the cursor");
+                    tokio::time::sleep(backoff).await;
+                }
+            }
+            continue;
+        }
+        if answer.upto > cursor || !answer.entries.is_empty() {
+            let records = answer.entries.into_iter().map(|e| e.record).collect();
+            let name = cursor_name(&peer, feed_id);
+            if let Err(e) = repl.node.apply_remote(&name, records, answer.upto).await {
+                tracing::warn!(%peer, error = %e, "cannot apply a feed batch");
+                pull.status
+                    .send_modify(|s| s.last_error = Some(e.to_string()));
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+            cursor = cursor.max(answer.upto);
+        }
+        pull.status.send_modify(|s| {
+            s.reachable = true;
+            s.last_error = None;
+            s.cursor = cursor;
+            s.peer_last_seq = answer.last_seq.max(cursor);
+            if cursor >= answer.last_seq {
+                s.behind_since = None;
+            } else {
+                s.behind_since.get_or_insert_with(Instant::now);
+            }
+        });
+    }
+}
