@@ -43,7 +43,10 @@ fn put_get_list_delete_round_trip() {
     assert!(String::from_utf8_lossy(&o.stdout).starts_with("created greeting"));
     let o = ripple(url, &["get", "greeting"], None);
     assert!(o.status.success());
-    assert_eq!(o.stdout, b"hello world", "the value, raw, with no newline added");
+    assert_eq!(
+        o.stdout, b"hello world",
+        "the value, raw, with no newline added"
+    );
 
     // stdin, with binary bytes.
     let binary: Vec<u8> = (0..=255u8).collect();
@@ -56,19 +59,35 @@ fn put_get_list_delete_round_trip() {
     std::fs::write(&file, br#"{"a":1}"#).unwrap();
     let o = ripple(
         url,
-        &["put", "dir/json", "--file", file.to_str().unwrap(), "--content-type", "application/json"],
+        &[
+            "put",
+            "dir/json",
+            "--file",
+            file.to_str().unwrap(),
+            "--content-type",
+            "application/json",
+        ],
         None,
     );
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).starts_with("created"));
-    assert_eq!(ripple(url, &["get", "dir/json"], None).stdout, br#"{"a":1}"#);
+    assert_eq!(
+        ripple(url, &["get", "dir/json"], None).stdout,
+        br#"{"a":1}"#
+    );
     let o = ripple(url, &["put", "dir/json", "v2"], None);
     assert!(String::from_utf8_lossy(&o.stdout).starts_with("replaced"));
 
     let o = ripple(url, &["list"], None);
-    assert_eq!(String::from_utf8_lossy(&o.stdout), "dir/bin key\ndir/json\ngreeting\n");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "dir/bin key\ndir/json\ngreeting\n"
+    );
     let o = ripple(url, &["list", "--prefix", "dir/"], None);
-    assert_eq!(String::from_utf8_lossy(&o.stdout), "dir/bin key\ndir/json\n");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "dir/bin key\ndir/json\n"
+    );
 
     let o = ripple(url, &["delete", "greeting"], None);
     assert!(o.status.success());
@@ -88,7 +107,9 @@ fn list_pages_through_everything() {
     common::rt().block_on(async {
         let c = node.client();
         for i in 0..2500 {
-            c.put(&format!("k{i:05}"), bytes::Bytes::from("v"), None).await.unwrap();
+            c.put(&format!("k{i:05}"), bytes::Bytes::from("v"), None)
+                .await
+                .unwrap();
         }
     });
     let o = ripple(&node.url, &["list"], None);
@@ -110,13 +131,21 @@ fn errors_go_to_stderr_with_a_non_zero_exit() {
     // Nobody listening.
     let o = ripple("http://127.0.0.1:1", &["get", "k"], None);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("no node could be reached"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no node could be reached"),
+        "{}",
+        stderr(&o)
+    );
     // Not a URL.
     let o = ripple("ftp://x", &["get", "k"], None);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("http://"), "{}", stderr(&o));
     // A missing file.
-    let o = ripple(&node.url, &["put", "k", "--file", "/nonexistent/file"], None);
+    let o = ripple(
+        &node.url,
+        &["put", "k", "--file", "/nonexistent/file"],
+        None,
+    );
     assert!(!o.status.success());
     assert!(stderr(&o).contains("cannot read"), "{}", stderr(&o));
     // Usage errors.
@@ -145,7 +174,9 @@ fn sigterm_finishes_in_flight_requests_then_exits() {
     let mut node = Node::start(dir.path());
     // Start a PUT whose body is not all there yet.
     let mut stream = TcpStream::connect(node.addr()).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     stream
         .write_all(b"PUT /v1/kv/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello")
         .unwrap();
@@ -153,7 +184,10 @@ fn sigterm_finishes_in_flight_requests_then_exits() {
     node.sigterm();
     std::thread::sleep(Duration::from_millis(200));
     // New connections are refused once shutdown began...
-    assert!(TcpStream::connect(node.addr()).is_err(), "still accepting after SIGTERM");
+    assert!(
+        TcpStream::connect(node.addr()).is_err(),
+        "still accepting after SIGTERM"
+    );
     // ...but the request in flight completes.
     stream.write_all(b"world").unwrap();
     let mut response = String::new();

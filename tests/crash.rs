@@ -88,9 +88,16 @@ async fn write_until_failure(
         }
         counter += 1;
         acked.lock().unwrap().last.entry(own.clone()).or_default().1 = counter;
-        match client.put(&own, Bytes::from(counter.to_string()), None).await {
+        match client
+            .put(&own, Bytes::from(counter.to_string()), None)
+            .await
+        {
             Ok(r) if r.status.is_success() => {
-                acked.lock().unwrap().last.insert(own.clone(), (counter, counter));
+                acked
+                    .lock()
+                    .unwrap()
+                    .last
+                    .insert(own.clone(), (counter, counter));
             }
             _ => return,
         }
@@ -128,7 +135,11 @@ fn verify(runtime: &tokio::runtime::Runtime, client: &Client, acked: &Acked) {
         }
         for key in &acked.deleted {
             let r = client.get(key).await.unwrap();
-            assert_eq!(r.status, StatusCode::NOT_FOUND, "acknowledged delete of {key} undone");
+            assert_eq!(
+                r.status,
+                StatusCode::NOT_FOUND,
+                "acknowledged delete of {key} undone"
+            );
         }
     });
 }

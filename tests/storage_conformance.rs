@@ -99,7 +99,14 @@ async fn binary_values_are_byte_exact(h: &dyn Harness) {
     let empty = rec("empty", "", 2);
     apply(&s, vec![big, empty]).await;
     assert_eq!(s.get("big").await.unwrap().unwrap().record.value, all_bytes);
-    assert!(s.get("empty").await.unwrap().unwrap().record.value.is_empty());
+    assert!(s
+        .get("empty")
+        .await
+        .unwrap()
+        .unwrap()
+        .record
+        .value
+        .is_empty());
 }
 
 async fn seq_takes_the_next_number_for_every_stored_record(h: &dyn Harness) {
@@ -129,17 +136,28 @@ async fn stale_versions_are_not_applied(h: &dyn Harness) {
 
 async fn one_batch_applies_in_order(h: &dyn Harness) {
     let s = h.open();
-    let a = apply(&s, vec![rec("k", "v1", 1), rec("k", "v3", 3), rec("k", "v2", 2)]).await;
+    let a = apply(
+        &s,
+        vec![rec("k", "v1", 1), rec("k", "v3", 3), rec("k", "v2", 2)],
+    )
+    .await;
     assert_eq!(a[2], Applied::Stale);
     assert_eq!(s.get("k").await.unwrap().unwrap().record.value, "v3");
 }
 
 async fn feed_holds_each_key_once_at_its_latest_seq(h: &dyn Harness) {
     let s = h.open();
-    apply(&s, vec![rec("a", "1", 1), rec("b", "1", 2), rec("c", "1", 3)]).await;
+    apply(
+        &s,
+        vec![rec("a", "1", 1), rec("b", "1", 2), rec("c", "1", 3)],
+    )
+    .await;
     apply(&s, vec![rec("a", "2", 4)]).await;
     let feed = s.changes_since(0, 100).await.unwrap();
-    let seen: Vec<(u64, &str)> = feed.iter().map(|e| (e.seq, e.record.key.as_str())).collect();
+    let seen: Vec<(u64, &str)> = feed
+        .iter()
+        .map(|e| (e.seq, e.record.key.as_str()))
+        .collect();
     assert_eq!(seen, vec![(2, "b"), (3, "c"), (4, "a")]);
     assert_eq!(feed[2].record.value, "2");
     // Paging: after and limit.
@@ -161,7 +179,10 @@ async fn tombstones_are_records_but_not_listed(h: &dyn Harness) {
     let feed = s.changes_since(2, 10).await.unwrap();
     assert!(feed[0].record.tombstone);
     // An older write cannot resurrect a deleted key.
-    assert_eq!(apply(&s, vec![rec("a", "late", 2)]).await, vec![Applied::Stale]);
+    assert_eq!(
+        apply(&s, vec![rec("a", "late", 2)]).await,
+        vec![Applied::Stale]
+    );
     assert!(s.get("a").await.unwrap().unwrap().record.tombstone);
     // A newer one can.
     stored(&apply(&s, vec![rec("a", "back", 4)]).await[0]);
@@ -171,15 +192,28 @@ async fn tombstones_are_records_but_not_listed(h: &dyn Harness) {
 async fn list_keys_by_prefix_in_byte_order_with_paging(h: &dyn Harness) {
     let s = h.open();
     let keys = ["b/2", "a", "b/1", "b", "c", "b/10", "é", "z", "b/3"];
-    let records = keys.iter().enumerate().map(|(i, k)| rec(k, "v", i as u64 + 1)).collect();
+    let records = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| rec(k, "v", i as u64 + 1))
+        .collect();
     apply(&s, records).await;
     assert_eq!(
         s.list_keys("", None, 100).await.unwrap(),
         vec!["a", "b", "b/1", "b/10", "b/2", "b/3", "c", "z", "é"]
     );
-    assert_eq!(s.list_keys("b/", None, 100).await.unwrap(), vec!["b/1", "b/10", "b/2", "b/3"]);
-    assert_eq!(s.list_keys("b/", None, 2).await.unwrap(), vec!["b/1", "b/10"]);
-    assert_eq!(s.list_keys("b/", Some("b/10"), 2).await.unwrap(), vec!["b/2", "b/3"]);
+    assert_eq!(
+        s.list_keys("b/", None, 100).await.unwrap(),
+        vec!["b/1", "b/10", "b/2", "b/3"]
+    );
+    assert_eq!(
+        s.list_keys("b/", None, 2).await.unwrap(),
+        vec!["b/1", "b/10"]
+    );
+    assert_eq!(
+        s.list_keys("b/", Some("b/10"), 2).await.unwrap(),
+        vec!["b/2", "b/3"]
+    );
     assert!(s.list_keys("b/", Some("b/3"), 2).await.unwrap().is_empty());
     // A cursor before the prefix starts at the prefix.
     assert_eq!(s.list_keys("c", Some("a"), 10).await.unwrap(), vec!["c"]);

@@ -124,7 +124,9 @@ pub fn rt() -> tokio::runtime::Runtime {
 /// answers until it closes or goes quiet: for requests no client would make.
 pub fn raw_request(addr: &str, bytes: &[u8]) -> String {
     let mut stream = TcpStream::connect(addr).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     // The server may answer and close before reading everything we send.
     let _ = stream.write_all(bytes);
     let mut out = Vec::new();
@@ -154,7 +156,8 @@ fn response_complete(out: &[u8]) -> bool {
         .lines()
         .find_map(|l| {
             let (n, v) = l.split_once(':')?;
-            n.eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok())?
+            n.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
         })
         .unwrap_or(0);
     out.len() >= end + 4 + len
