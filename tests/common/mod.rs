@@ -2,6 +2,9 @@
 //! talk to it over HTTP, stop it (gracefully or with SIGKILL).
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod proxy;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,628 @@
+//! Replication through real nodes on loopback: writes through any node
+//! converge everywhere; a killed node catches up; a wiped node refills; a
+//! partition heals; concurrent writes to one key settle on one value;
+//! deletes never come back; replicas=all and consistency=master are
+//! immediate; an unreachable master refuses writes with a 503 naming it.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::cluster::{node_id, Cluster};
+use common::{error_code, rt};
+use hyper::{Method, StatusCode};
+
+const CONVERGE: Duration = Duration::from_secs(30);
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+#[test]
+fn writes_through_every_node_converge_on_every_node() {
+    let cluster = Cluster::start(3, "");
+    rt().block_on(async {
+        let mut expected = BTreeMap::new();
+        for i in 0..90 {
+            let key = format!("k{i}");
+            let value = format!("value {i}");
+            let via = i % 3;
+            let r = cluster
+                .client(via)
+                .put(&key, b(&value), None)
+                .await
+                .unwrap();
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.error_message());
+            // The version names the key's master, whichever node took it.
+            let etag = r.header("etag").unwrap();
+            assert!(
+                etag.ends_with(&format!("-{}\"", node_id(cluster.master_of(&key)))),
+                "{key}: {etag}"
+            );
+            expected.insert(key, value.into_bytes());
+        }
+        // Overwrites and deletes through other nodes than the first write.
+        for i in 0..30 {
+            let key = format!("k{i}");
+            let via = (i + 1) % 3;
+            if i % 2 == 0 {
+                let r = cluster
+                    .client(via)
+                    .put(&key, b("again"), None)
+                    .await
+                    .unwrap();
+                assert_eq!(r.status, StatusCode::OK);
+                expected.insert(key, b"again".to_vec());
+            } else {
+                let r = cluster.client(via).delete(&key).await.unwrap();
+                assert_eq!(r.status, StatusCode::NO_CONTENT);
+                expected.remove(&key);
+            }
+        }
+        cluster.converge_to(&expected, CONVERGE).await;
+    });
+}
+
+#[test]
+fn a_killed_node_misses_writes_and_catches_up() {
+    let mut cluster = Cluster::start(3, "");
+    let runtime = rt();
+    let mut expected = BTreeMap::new();
+    runtime.block_on(async {
+        for i in 0..20 {
+            let key = format!("before{i}");
+            cluster.client(0).put(&key, b("v"), None).await.unwrap();
+            expected.insert(key, b"v".to_vec());
+        }
+        cluster.converge_to(&expected, CONVERGE).await;
+    });
+    cluster.kill9(2);
+    runtime.block_on(async {
+        let mut refused = Vec::new();
+        for i in 0..300 {
+            let key = format!("during{i}");
+            let r = cluster
+                .client(i % 2)
+                .put(&key, b(&format!("d{i}")), None)
+                .await
+                .unwrap();
+            if cluster.master_of(&key) == 2 {
+                // Its master is down: refused, naming the master.
+                assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+                assert_eq!(error_code(&r), "master_unavailable");
+                let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                assert_eq!(body["master"], "n3");
+                refused.push(key);
+            } else {
+                assert!(r.status.is_success(), "{key}: {}", r.error_message());
+                expected.insert(key, format!("d{i}").into_bytes());
+            }
+        }
+        assert!(!refused.is_empty());
+        // Deletes while it is down, of keys it holds.
+        for i in 0..5 {
+            let key = format!("before{i}");
+            if cluster.master_of(&key) != 2 {
+                assert_eq!(
+                    cluster.client(0).delete(&key).await.unwrap().status,
+                    StatusCode::NO_CONTENT
+                );
+                expected.remove(&key);
+            }
+        }
+    });
+    cluster.restart(2);
+    runtime.block_on(async {
+        cluster.converge_to(&expected, CONVERGE).await;
+    });
+}
+
+#[test]
+fn a_wiped_node_refills_from_its_peers() {
+    let mut cluster = Cluster::start(3, "");
+    let runtime = rt();
+    let mut expected = BTreeMap::new();
+    runtime.block_on(async {
+        for i in 0..200 {
+            let key = format!("k{i}");
+            let value = format!("{i}").repeat(i % 50 + 1);
+            cluster
+                .client(i % 3)
+                .put(&key, b(&value), None)
+                .await
+                .unwrap();
+            expected.insert(key, value.into_bytes());
+        }
+        cluster.client(1).delete("k7").await.unwrap();
+        expected.remove("k7");
+        cluster.converge_to(&expected, CONVERGE).await;
+    });
+    cluster.wipe(1);
+    runtime.block_on(async {
+        cluster.converge_to(&expected, CONVERGE).await;
+        // The refilled node serves writes again, and its peers follow its
+        // new feed from the start.
+        let key = cluster.key_mastered_by(1, "after-wipe");
+        let r = cluster.client(0).put(&key, b("fresh"), None).await.unwrap();
+        assert_eq!(r.status, StatusCode::CREATED);
+        expected.insert(key, b"fresh".to_vec());
+        cluster.converge_to(&expected, CONVERGE).await;
+    });
+}
+
+#[test]
+fn a_partition_heals_and_converges() {
+    let cluster = Cluster::start(3, "");
+    rt().block_on(async {
+        let mut expected = BTreeMap::new();
+        for i in 0..30 {
+            let key = format!("pre{i}");
+            cluster.client(0).put(&key, b("pre"), None).await.unwrap();
+            expected.insert(key, b"pre".to_vec());
+        }
+        cluster.converge_to(&expected, CONVERGE).await;
+
+        cluster.partition(&[0]);
+        let mut refused = 0;
+        for i in 0..60 {
+            // Each side writes what it masters; the rest is refused.
+            for side in [0usize, 1] {
+                let key = format!("split{side}-{i}");
+                let master = cluster.master_of(&key);
+                let reachable = if side == 0 { master == 0 } else { master != 0 };
+                let r = cluster.client(side).put(&key, b(&key), None).await.unwrap();
+                if reachable {
+                    assert!(r.status.is_success(), "{key}: {}", r.error_message());
+                    expected.insert(key.clone(), key.into_bytes());
+                } else {
+                    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{key}");
+                    refused += 1;
+                }
+            }
+        }
+        assert!(refused > 0);
+        // Default reads keep working on both sides while split.
+        let r = cluster.client(0).get("pre1").await.unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        // The minority has not seen the majority's writes.
+        let majority_key = expected
+            .keys()
+            .find(|k| k.starts_with("split1-"))
+            .unwrap()
+            .clone();
+        assert_eq!(
+            cluster.client(0).get(&majority_key).await.unwrap().status,
+            StatusCode::NOT_FOUND
+        );
+
+        cluster.heal();
+        cluster.converge_to(&expected, CONVERGE).await;
+    });
+}
+
+#[test]
+fn concurrent_writes_to_one_key_end_with_one_value_everywhere() {
+    let cluster = Cluster::start(3, "");
+    rt().block_on(async {
+        let mut tasks = Vec::new();
+        for w in 0..6 {
+            let c = cluster.client(w % 3);
+            tasks.push(tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for i in 0..30 {
+                    let v = format!("w{w}-{i}");
+                    let r = c
+                        .put("contended", Bytes::from(v.clone()), None)
+                        .await
+                        .unwrap();
+                    assert!(r.status.is_success());
+                    acked.push((r.header("etag").unwrap().to_owned(), v));
+                }
+                acked
+            }));
+        }
+        let mut acked = Vec::new();
+        for t in tasks {
+            acked.extend(t.await.unwrap());
+        }
+        let state = cluster.converge(CONVERGE).await;
+        let value = String::from_utf8(state["contended"].clone()).unwrap();
+        // The value everywhere is the write with the greatest version.
+        let versions: Vec<(u64, String)> = acked
+            .iter()
+            .map(|(etag, v)| {
+                let ts = etag.trim_matches('"').split('-').next().unwrap();
+                (u64::from_str_radix(ts, 16).unwrap(), v.clone())
+            })
+            .collect();
+        let winner = versions.iter().max().unwrap();
+        assert_eq!(value, winner.1);
+        let mut all: Vec<u64> = versions.iter().map(|(ts, _)| *ts).collect();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(
+            all.len(),
+            versions.len(),
+            "every acknowledged write has its own version"
+        );
+    });
+}
+
+#[test]
+fn deletes_never_come_back() {
+    // Tombstones are collected quickly here, to check that collection
+    // waits for every peer.
+    let mut cluster = Cluster::start(
+        3,
+        "[replication]\ntombstone_grace_secs = 0\ngc_interval_secs = 1\n",
+    );
+    let runtime = rt();
+    let key = cluster.key_mastered_by(0, "doomed");
+    let keep = cluster.key_mastered_by(0, "kept");
+    runtime.block_on(async {
+        cluster.client(1).put(&key, b("old"), None).await.unwrap();
+        cluster.client(1).put(&keep, b("kept"), None).await.unwrap();
+        cluster.converge(CONVERGE).await;
+    });
+    // Node 3 is down (holding the old value) while the key is deleted.
+    cluster.kill9(2);
+    runtime.block_on(async {
+        let r = cluster.client(1).delete(&key).await.unwrap();
+        assert_eq!(r.status, StatusCode::NO_CONTENT);
+        // With a peer down, its tombstone is kept however short the grace.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let status = status(&cluster, 0).await;
+        assert!(status["tombstones"].as_u64().unwrap() >= 1, "{status}");
+    });
+    cluster.restart(2);
+    runtime.block_on(async {
+        let mut expected = BTreeMap::new();
+        expected.insert(keep.clone(), b"kept".to_vec());
+        cluster.converge_to(&expected, CONVERGE).await;
+        // Once every peer has it, the tombstones go, and the key stays gone.
+        let start = std::time::Instant::now();
+        loop {
+            let mut held = 0;
+            for i in 0..3 {
+                held += status(&cluster, i).await["tombstones"].as_u64().unwrap();
+            }
+            if held == 0 {
+                break;
+            }
+            assert!(start.elapsed() < CONVERGE, "tombstones never collected");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // A write after the delete is a new value, not a resurrection.
+        cluster.converge_to(&expected, CONVERGE).await;
+    });
+    // A node restarted from its old files does not bring the key back.
+    cluster.restart(1);
+    runtime.block_on(async {
+        let mut expected = BTreeMap::new();
+        expected.insert(keep.clone(), b"kept".to_vec());
+        cluster.converge_to(&expected, CONVERGE).await;
+    });
+}
+
+async fn status(cluster: &Cluster, i: usize) -> serde_json::Value {
+    let r = cluster
+        .client(i)
+        .request(Method::GET, "/v1/status", &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    serde_json::from_slice(&r.body).unwrap()
+}
+
+#[test]
+fn replicas_all_and_consistency_master_are_immediate() {
+    let mut cluster = Cluster::start(3, "[replication]\nreplica_timeout_ms = 1500\n");
+    let runtime = rt();
+    runtime.block_on(async {
+        for i in 0..20 {
+            let key = format!("now{i}");
+            let via = i % 3;
+            let path = format!("{}?replicas=all", ripple::client::kv_path(&key));
+            let r = cluster
+                .client(via)
+                .request(Method::PUT, &path, &[], b(&key))
+                .await
+                .unwrap();
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.error_message());
+            assert_eq!(r.header("x-ripple-replicas"), Some("2"));
+            // Every node has it, the moment the write is acknowledged.
+            for n in 0..3 {
+                let r = cluster.client(n).get(&key).await.unwrap();
+                assert_eq!(r.status, StatusCode::OK, "{key} not on n{}", n + 1);
+                assert_eq!(r.body, key.as_bytes());
+            }
+        }
+        // A lazy write read at the master from another node is immediate.
+        for i in 0..20 {
+            let key = format!("master{i}");
+            cluster.client(i % 3).put(&key, b("m"), None).await.unwrap();
+            let reader = (i + 1) % 3;
+            let path = format!("{}?consistency=master", ripple::client::kv_path(&key));
+            let r = cluster
+                .client(reader)
+                .request(Method::GET, &path, &[], Bytes::new())
+                .await
+                .unwrap();
+            assert_eq!(r.status, StatusCode::OK, "{key}");
+            assert_eq!(r.body, "m");
+        }
+        // replicas=1 and bad values.
+        let path = format!("{}?replicas=1", ripple::client::kv_path("one"));
+        let r = cluster
+            .client(0)
+            .request(Method::PUT, &path, &[], b("1"))
+            .await
+            .unwrap();
+        assert!(r.status.is_success());
+        assert!(
+            r.header("x-ripple-replicas")
+                .unwrap()
+                .parse::<u32>()
+                .unwrap()
+                >= 1
+        );
+        for bad in ["replicas=3", "replicas=some", "replicas=all&timeout_ms=0"] {
+            let path = format!("{}?{bad}", ripple::client::kv_path("bad"));
+            let r = cluster
+                .client(0)
+                .request(Method::PUT, &path, &[], b("x"))
+                .await
+                .unwrap();
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+            assert_eq!(error_code(&r), "bad_query");
+        }
+    });
+    // With a replica down, replicas=all times out with 504 and a count,
+    // and the write stays durable at the master.
+    cluster.kill9(2);
+    runtime.block_on(async {
+        let key = cluster.key_mastered_by(0, "partial");
+        let path = format!("{}?replicas=all", ripple::client::kv_path(&key));
+        let r = cluster
+            .client(1)
+            .request(Method::PUT, &path, &[], b("p"))
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status,
+            StatusCode::GATEWAY_TIMEOUT,
+            "{}",
+            r.error_message()
+        );
+        assert_eq!(error_code(&r), "replication_timeout");
+        let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(body["replicas"], 1);
+        assert_eq!(body["wanted"], 2);
+        let path = format!("{}?consistency=master", ripple::client::kv_path(&key));
+        let r = cluster
+            .client(1)
+            .request(Method::GET, &path, &[], Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(r.body, "p");
+    });
+    cluster.restart(2);
+    runtime.block_on(async {
+        let key = cluster.key_mastered_by(0, "partial");
+        let r = cluster.client(2).get(&key).await.unwrap();
+        let start = std::time::Instant::now();
+        let mut r = r;
+        while r.status != StatusCode::OK && start.elapsed() < CONVERGE {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            r = cluster.client(2).get(&key).await.unwrap();
+        }
+        assert_eq!(r.body, "p", "the timed-out write propagated lazily");
+    });
+}
+
+#[test]
+fn an_unreachable_master_stores_nothing() {
+    let mut cluster = Cluster::start(3, "");
+    let runtime = rt();
+    let key = cluster.key_mastered_by(2, "orphan");
+    cluster.kill9(2);
+    runtime.block_on(async {
+        let r = cluster.client(0).put(&key, b("lost"), None).await.unwrap();
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(r.error_message().contains("n3"), "{}", r.error_message());
+        let path = format!("{}?consistency=master", ripple::client::kv_path(&key));
+        let r = cluster
+            .client(0)
+            .request(Method::GET, &path, &[], Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        // Default reads still answer.
+        assert_eq!(
+            cluster.client(0).get(&key).await.unwrap().status,
+            StatusCode::NOT_FOUND
+        );
+    });
+    cluster.restart(2);
+    runtime.block_on(async {
+        cluster.converge_to(&BTreeMap::new(), CONVERGE).await;
+    });
+}
+
+#[test]
+fn canonical_seed_routes_have_the_seeds_meaning() {
+    let cluster = Cluster::start(3, "");
+    rt().block_on(async {
+        let json = [(
+            hyper::header::ACCEPT,
+            hyper::header::HeaderValue::from_static("application/json"),
+        )];
+        for i in 0..10 {
+            let key = format!("canon{i}");
+            let r = cluster
+                .client(i % 3)
+                .request(
+                    Method::POST,
+                    &format!("/canonicalbucket/{key}"),
+                    &json,
+                    b("c"),
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                r.status,
+                StatusCode::CREATED,
+                "{}",
+                String::from_utf8_lossy(&r.body)
+            );
+            // Location names the node the client spoke to.
+            let loc = r.header("location").unwrap();
+            assert_eq!(loc, format!("{}/bucket/{key}", cluster.url(i % 3)));
+            // A canonical write is on every node when acknowledged.
+            for n in 0..3 {
+                let r = cluster
+                    .client(n)
+                    .request(Method::GET, &format!("/bucket/{key}"), &json, Bytes::new())
+                    .await
+                    .unwrap();
+                assert_eq!(r.status, StatusCode::OK);
+                let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                assert_eq!(v["message"], "c");
+            }
+        }
+        // A lazy write is readable canonically (at the master) at once.
+        cluster
+            .client(0)
+            .request(Method::POST, "/bucket/lazy", &json, b("l"))
+            .await
+            .unwrap();
+        let r = cluster
+            .client(2)
+            .request(Method::GET, "/canonicalbucket/lazy", &json, Bytes::new())
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["message"], "l");
+        // The canonical listing is the union of every node's keys.
+        let r = cluster
+            .client(1)
+            .request(Method::GET, "/canonicalbucket/", &json, Bytes::new())
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        let urls: Vec<&str> = v["message"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u.as_str().unwrap())
+            .collect();
+        assert!(urls.contains(&"/bucket/lazy"), "{urls:?}");
+        assert_eq!(
+            urls.iter()
+                .filter(|u| u.starts_with("/bucket/canon"))
+                .count(),
+            10
+        );
+        // Canonical delete: gone everywhere when acknowledged.
+        let r = cluster
+            .client(1)
+            .request(
+                Method::DELETE,
+                "/canonicalbucket/canon3",
+                &json,
+                Bytes::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, StatusCode::ACCEPTED);
+        for n in 0..3 {
+            assert_eq!(
+                cluster.client(n).get("canon3").await.unwrap().status,
+                StatusCode::NOT_FOUND
+            );
+        }
+    });
+}
+
+#[test]
+fn status_and_sync_through_the_cli() {
+    let mut cluster = Cluster::start(3, "");
+    let runtime = rt();
+    runtime.block_on(async {
+        for i in 0..50 {
+            cluster
+                .client(i % 3)
+                .put(&format!("s{i}"), b("v"), None)
+                .await
+                .unwrap();
+        }
+    });
+    cluster.kill9(2);
+    runtime.block_on(async {
+        for i in 50..80 {
+            let key = format!("s{i}");
+            if cluster.master_of(&key) != 2 {
+                cluster.client(0).put(&key, b("v"), None).await.unwrap();
+            }
+        }
+    });
+    cluster.restart(2);
+    let sync = std::process::Command::new(common::bin())
+        .args(["sync", "--url", &cluster.url(2)])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&sync.stdout);
+    assert!(
+        sync.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&sync.stderr)
+    );
+    assert!(
+        out.contains("n1: cursor") && out.contains("caught up"),
+        "{out}"
+    );
+    // Right after a sync the node holds everything the others do.
+    runtime.block_on(async {
+        let theirs = cluster.contents(0).await.unwrap();
+        assert_eq!(cluster.contents(2).await.unwrap(), theirs);
+    });
+    let status_out = std::process::Command::new(common::bin())
+        .args(["status", "--url", &cluster.url(2)])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&status_out.stdout);
+    assert!(status_out.status.success());
+    assert!(out.contains("node n3"), "{out}");
+    for id in ["n1", "n2", "n3 (self)"] {
+        assert!(
+            out.lines().any(|l| l.starts_with(id)),
+            "{id} missing:\n{out}"
+        );
+    }
+    assert!(
+        out.lines().filter(|l| l.contains(" yes ")).count() == 2,
+        "{out}"
+    );
+    // With a peer down, status says so and sync fails.
+    cluster.kill9(0);
+    let sync = std::process::Command::new(common::bin())
+        .args(["sync", "--url", &cluster.url(2), "--timeout-ms", "2000"])
+        .output()
+        .unwrap();
+    assert!(!sync.status.success());
+    assert!(String::from_utf8_lossy(&sync.stdout).contains("n1: cursor"));
+    runtime.block_on(async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let s = status(&cluster, 2).await;
+        let n1 = s["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == "n1")
+            .unwrap()
+            .clone();
+        assert_eq!(n1["reachable"], false, "{s}");
+    });
+}
