@@ -173,8 +173,9 @@ fn default_max_header_bytes() -> usize {
     64 << 10
 }
 
-/// Largest key a node may be configured to take.
-pub const MAX_KEY_BYTES_LIMIT: usize = 64 << 10;
+/// Largest key a node may be configured to take: percent-encoded (up to
+/// three bytes a byte) it must still fit in a request line.
+pub const MAX_KEY_BYTES_LIMIT: usize = 8 << 10;
 /// Largest value a node may be configured to take.
 pub const MAX_VALUE_BYTES_LIMIT: usize = 1 << 30;
 

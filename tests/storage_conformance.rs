@@ -312,6 +312,152 @@ async fn closed_engine_refuses_writes(h: &dyn Harness) {
     assert!(matches!(err, StorageError::Unavailable(_)), "{err}");
 }
 
+/// Invariant 2: applying any permutation of a set of records, with
+/// duplicates and in any split into batches, leaves each key at its newest
+/// version, and the feed holding each key once.
+async fn apply_is_idempotent_and_order_insensitive(h: &dyn Harness) {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    let s = h.open();
+    let handle = tokio::runtime::Handle::current();
+    let strategy = proptest::collection::vec((0..6usize, 1..20u64, 0..3usize), 1..30)
+        .prop_flat_map(|records| {
+            let n = records.len();
+            (
+                Just(records.clone()),
+                Just(records).prop_shuffle(),
+                proptest::collection::vec(0..n, 0..10),
+                proptest::collection::vec(1..5usize, 1..10),
+            )
+        });
+    let mut runner = TestRunner::new(Config {
+        cases: 64,
+        ..Config::default()
+    });
+    let case = std::sync::atomic::AtomicU32::new(0);
+    let result = runner.run(&strategy, |(records, shuffled, dups, splits)| {
+        let n = case.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let ns = format!("case{n}/");
+        // A version is one write: the same version always carries the same
+        // record, so whether it is a tombstone follows from the version.
+        let make = |(k, ts, node): (usize, u64, usize)| {
+            let key = format!("{ns}{k}");
+            let tombstone = (ts + node as u64).is_multiple_of(3);
+            let mut r = if tombstone {
+                tomb(&key, ts)
+            } else {
+                rec(&key, &format!("{ts}-{node}"), ts)
+            };
+            r.version.node = format!("n{node}");
+            r
+        };
+        // The model: each key ends at its greatest version.
+        let mut newest: std::collections::BTreeMap<String, Record> = Default::default();
+        for r in records.iter().copied().map(make) {
+            let e = newest.entry(r.key.clone()).or_insert_with(|| r.clone());
+            if r.version > e.version {
+                *e = r;
+            }
+        }
+        // The input: a permutation plus duplicates, in batches of varied size.
+        let mut input: Vec<Record> = shuffled.iter().copied().map(make).collect();
+        for d in dups {
+            input.push(make(records[d]));
+        }
+        let (stored, feed_keys) = tokio::task::block_in_place(|| {
+            handle.block_on(async {
+                let mut stored = 0;
+                let mut rest = input.as_slice();
+                let mut sizes = splits.iter().cycle();
+                while !rest.is_empty() {
+                    let n = (*sizes.next().unwrap()).min(rest.len());
+                    let (batch, tail) = rest.split_at(n);
+                    rest = tail;
+                    let applied = apply(&s, batch.to_vec()).await;
+                    stored += applied
+                        .iter()
+                        .filter(|a| matches!(a, Applied::Stored { .. }))
+                        .count();
+                }
+                let feed: Vec<String> = s
+                    .changes_since(0, 1_000_000)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|e| e.record.key)
+                    .filter(|k| k.starts_with(&ns))
+                    .collect();
+                for (key, want) in &newest {
+                    let got = s.get(key).await.unwrap().unwrap().record;
+                    assert_eq!(&got, want, "{key}");
+                }
+                (stored, feed)
+            })
+        });
+        let mut unique = feed_keys.clone();
+        unique.sort();
+        unique.dedup();
+        prop_assert_eq!(unique.len(), feed_keys.len(), "a key twice in the feed");
+        prop_assert_eq!(unique.len(), newest.len());
+        prop_assert!(stored >= newest.len() && stored <= records.len());
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+/// Tombstones go only when old enough and covered by `max_seq`.
+async fn purge_takes_only_old_covered_tombstones(h: &dyn Harness) {
+    let s = h.open();
+    apply(
+        &s,
+        vec![rec("a", "1", 1), tomb("b", 2), tomb("c", 100), tomb("d", 3)],
+    )
+    .await;
+    assert_eq!(s.tombstone_count().await.unwrap(), 3);
+    // b (seq 2) and d (seq 4) are old; only b is at or below max_seq 3.
+    assert_eq!(s.purge_tombstones(3, 50, 100).await.unwrap(), 1);
+    assert_eq!(s.get("b").await.unwrap(), None);
+    assert!(s.get("d").await.unwrap().unwrap().record.tombstone);
+    // c is too young whatever max_seq says.
+    assert_eq!(s.purge_tombstones(100, 50, 100).await.unwrap(), 1);
+    assert!(s.get("c").await.unwrap().unwrap().record.tombstone);
+    assert_eq!(s.tombstone_count().await.unwrap(), 1);
+    // A tombstone replaced by a value is no longer one.
+    apply(&s, vec![rec("c", "back", 101)]).await;
+    assert_eq!(s.tombstone_count().await.unwrap(), 0);
+    assert_eq!(
+        s.purge_tombstones(u64::MAX, u64::MAX, 100).await.unwrap(),
+        0
+    );
+    assert_eq!(s.get("c").await.unwrap().unwrap().record.value, "back");
+    // Purged keys leave the feed too.
+    let keys: Vec<String> = s
+        .changes_since(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.record.key)
+        .collect();
+    assert_eq!(keys, vec!["a", "c"]);
+}
+
+async fn feed_id_is_stable_and_nonzero(h: &dyn Harness) {
+    let s = h.open();
+    let id = s.feed_id().await.unwrap();
+    assert_ne!(id, 0);
+    assert_eq!(s.feed_id().await.unwrap(), id);
+    s.close().await.unwrap();
+    drop(s);
+    assert_eq!(
+        h.open().feed_id().await.unwrap(),
+        id,
+        "a reopened store keeps its feed id"
+    );
+}
+
 /// Runs the whole suite on one engine; each case gets a fresh store.
 macro_rules! conformance {
     ($engine:ident, $harness:expr) => {
@@ -332,6 +478,9 @@ macro_rules! conformance {
                 everything_survives_a_reopen,
                 concurrent_writers_get_unique_contiguous_seqs,
                 closed_engine_refuses_writes,
+                apply_is_idempotent_and_order_insensitive,
+                purge_takes_only_old_covered_tombstones,
+                feed_id_is_stable_and_nonzero,
             );
         }
     };

@@ -165,35 +165,48 @@ pub fn parse_query(query: Option<&str>) -> Result<Vec<(String, String)>, ApiErro
         .collect()
 }
 
+/// How much of an oversize body is read and thrown away before the 413, so
+/// the client, still sending, reads the answer instead of a reset
+/// connection. Past this the connection is closed.
+const DRAIN_LIMIT: usize = 64 << 20;
+
 /// Reads a request body of at most `limit` bytes; 413 beyond that.
-pub async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
-    let too_large = |len: Option<u64>| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "value_too_large",
-            match len {
-                Some(len) => format!("the value is {len} bytes long; the limit is {limit} bytes"),
-                None => format!("the value is longer than the limit of {limit} bytes"),
-            },
-        )
-    };
-    if let Some(len) = headers
+pub async fn read_body(
+    mut body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        if len > limit as u64 {
-            return Err(too_large(Some(len)));
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::bad_request(
+                "bad_body",
+                format!("the request body could not be read: {e}"),
+            )
+        })?;
+        if let Some(data) = frame.data_ref() {
+            seen = seen.saturating_add(data.len());
+            if seen <= limit && declared.is_none_or(|d| d <= limit as u64) {
+                buf.extend_from_slice(data);
+            } else if seen > DRAIN_LIMIT {
+                break;
+            }
         }
     }
-    match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(None)),
-        Err(e) => Err(ApiError::bad_request(
-            "bad_body",
-            format!("the request body could not be read: {e}"),
-        )),
+    if seen > limit || declared.is_some_and(|d| d > limit as u64) {
+        let len = declared.unwrap_or(seen as u64).max(seen as u64);
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "value_too_large",
+            format!("the value is {len} bytes long; the limit is {limit} bytes"),
+        ));
     }
+    Ok(buf.freeze())
 }
 
 /// Parses `If-Match` and `If-None-Match`.

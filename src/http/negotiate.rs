@@ -28,7 +28,7 @@ impl Format {
     /// The media types that select this format.
     fn media_types(self) -> &'static [&'static str] {
         match self {
-            Format::Html => &["text/html", "application/xhtml+xml"],
+            Format::Html => &["text/html"],
             Format::Xml => &["application/xml", "text/xml"],
             Format::Json => &["application/json"],
             Format::Text => &["text/plain"],
@@ -142,6 +142,7 @@ mod tests {
         assert_eq!(choose(Some("*/*;q=0.1, text/html;q=0")), Some(Format::Xml));
         assert_eq!(choose(Some("image/png")), None);
         assert_eq!(choose(Some("garbage")), Some(Format::Html));
+        assert_eq!(choose(Some("application/*")), Some(Format::Xml));
     }
 
     #[test]

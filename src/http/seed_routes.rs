@@ -145,7 +145,7 @@ fn location(state: &AppState, parts: &Parts, key: &str) -> String {
     };
     let base = host
         .and_then(|h| h.to_str().ok())
-        .filter(|h| h.parse::<hyper::http::uri::Authority>().is_ok())
+        .filter(|h| !h.contains('@') && h.parse::<hyper::http::uri::Authority>().is_ok())
         .map(|h| format!("http://{h}"))
         .unwrap_or_else(|| state.public_url.clone());
     format!("{base}/bucket/{}", keypath::encode_path(key))

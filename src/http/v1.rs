@@ -175,7 +175,7 @@ pub async fn get(State(state): State<AppState>, req: Request) -> Result<Response
             ApiError::not_found(format!("no value is stored under the key {key:?}"))
         })?;
     if let Some(list) = &pre.if_match {
-        if !list.matches(Some(&record.version)) {
+        if !list.matches_strong(Some(&record.version)) {
             return Err(NodeError::PreconditionFailed(
                 "If-Match does not match the current version",
             )
@@ -183,7 +183,7 @@ pub async fn get(State(state): State<AppState>, req: Request) -> Result<Response
         }
     }
     if let Some(list) = &pre.if_none_match {
-        if list.matches(Some(&record.version)) {
+        if list.matches_weak(Some(&record.version)) {
             let mut res = StatusCode::NOT_MODIFIED.into_response();
             res.headers_mut().insert(ETAG, etag(&record.version));
             return Ok(res);

@@ -10,20 +10,31 @@ use super::NodeError;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EtagList {
     Any,
-    /// Opaque tags, without quotes or `W/`.
-    Tags(Vec<String>),
+    /// Opaque tags, without quotes; `true` marks a weak one (`W/"..."`).
+    Tags(Vec<(String, bool)>),
 }
 
 impl EtagList {
     /// Whether the list matches a key whose live version is `current`
-    /// (`None` when the key is absent or deleted).
-    pub fn matches(&self, current: Option<&Version>) -> bool {
+    /// (`None` when the key is absent or deleted), by strong comparison
+    /// (`If-Match`): a weak tag never matches.
+    pub fn matches_strong(&self, current: Option<&Version>) -> bool {
+        self.matches(current, false)
+    }
+
+    /// The same by weak comparison (`If-None-Match`): `W/"x"` matches `"x"`.
+    pub fn matches_weak(&self, current: Option<&Version>) -> bool {
+        self.matches(current, true)
+    }
+
+    fn matches(&self, current: Option<&Version>, weak_ok: bool) -> bool {
         match (self, current) {
             (_, None) => false,
             (EtagList::Any, Some(_)) => true,
             (EtagList::Tags(tags), Some(v)) => {
                 let etag = v.to_string();
-                tags.contains(&etag)
+                tags.iter()
+                    .any(|(t, weak)| *t == etag && (weak_ok || !weak))
             }
         }
     }
@@ -41,12 +52,15 @@ impl EtagList {
             if part.is_empty() {
                 continue;
             }
-            let part = part.strip_prefix("W/").unwrap_or(part);
+            let (weak, part) = match part.strip_prefix("W/") {
+                Some(rest) => (true, rest),
+                None => (false, part),
+            };
             let inner = part.strip_prefix('"')?.strip_suffix('"')?;
             if inner.contains('"') {
                 return None;
             }
-            tags.push(inner.to_owned());
+            tags.push((inner.to_owned(), weak));
         }
         if tags.is_empty() {
             return None;
@@ -66,14 +80,14 @@ impl Preconditions {
     /// Checks a write's conditions against the key's live version.
     pub fn check(&self, current: Option<&Version>) -> Result<(), NodeError> {
         if let Some(list) = &self.if_match {
-            if !list.matches(current) {
+            if !list.matches_strong(current) {
                 return Err(NodeError::PreconditionFailed(
                     "If-Match does not match the current version",
                 ));
             }
         }
         if let Some(list) = &self.if_none_match {
-            if list.matches(current) {
+            if list.matches_weak(current) {
                 return Err(NodeError::PreconditionFailed(
                     "If-None-Match matches the current version",
                 ));
@@ -99,7 +113,10 @@ mod tests {
         assert_eq!(EtagList::parse("*"), Some(EtagList::Any));
         assert_eq!(
             EtagList::parse(r#""a-n1", W/"b-n2""#),
-            Some(EtagList::Tags(vec!["a-n1".into(), "b-n2".into()]))
+            Some(EtagList::Tags(vec![
+                ("a-n1".into(), false),
+                ("b-n2".into(), true)
+            ]))
         );
         assert_eq!(EtagList::parse("a-n1"), None);
         assert_eq!(EtagList::parse(r#""a"b""#), None);
@@ -109,7 +126,7 @@ mod tests {
     #[test]
     fn if_match_needs_a_live_matching_version() {
         let pre = Preconditions {
-            if_match: Some(EtagList::Tags(vec![v(10).to_string()])),
+            if_match: Some(EtagList::Tags(vec![(v(10).to_string(), false)])),
             ..Default::default()
         };
         assert!(pre.check(Some(&v(10))).is_ok());
@@ -121,6 +138,13 @@ mod tests {
         };
         assert!(any.check(Some(&v(1))).is_ok());
         assert!(any.check(None).is_err());
+    }
+
+    #[test]
+    fn if_match_is_strong_and_if_none_match_weak() {
+        let weak = EtagList::Tags(vec![(v(10).to_string(), true)]);
+        assert!(!weak.matches_strong(Some(&v(10))));
+        assert!(weak.matches_weak(Some(&v(10))));
     }
 
     #[test]

@@ -240,10 +240,12 @@ impl Node {
         for _ in 0..3 {
             let current = self.storage.get(&key).await?.map(|e| e.record);
             let live = current.as_ref().filter(|r| !r.tombstone);
-            pre.check(live.map(|r| &r.version))?;
+            // Deleting nothing is a 404 before any condition is looked at
+            // (RFC 9110, 13.2.1: conditions only apply to a 2xx answer).
             if record.tombstone && live.is_none() {
                 return Err(NodeError::NotFound);
             }
+            pre.check(live.map(|r| &r.version))?;
             // The clock is above every version stored here; observing the
             // current one keeps that true whatever a peer's clock said.
             if let Some(c) = &current {
