@@ -1,11 +1,9 @@
 //! The embedded engine: one redb file in the node's data dir.
 //!
 //! Reads open a read transaction on the caller's thread. Writes go to one
-//! writer thread, which drains every batch queued while the previous commit
-//! was running and applies them in a single transaction with one fsync
-//! (group commit): under concurrency, throughput grows with the queue
-//! instead of collapsing to one fsync per request. Each caller is answered
-//! only after that commit returned, so an acknowledged write is durable.
+//! writer thread (see `writer`), which commits each group of queued batches
+//! in one redb transaction with one fsync. Each caller is answered only
+//! after that commit returned, so an acknowledged write is durable.
 //!
 //! Tables: `records` (key -> encoded record, see `codec`), `feed`
 //! (seq -> key, one row per key at its latest seq), `tombstones` (seq ->
@@ -19,8 +17,8 @@ use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
-use tokio::sync::{mpsc, oneshot};
 
+use super::writer::{self, Purge, Queue, Work, Writer};
 use super::{codec, Applied, Batch, Entry, Result, Storage, StorageError};
 
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
@@ -33,32 +31,13 @@ const LAST_SEQ: &str = "last_seq";
 const MAX_TS: &str = "max_version_ts";
 const FEED_ID: &str = "feed_id";
 
-/// Most batches one commit takes, and most value bytes, so one huge group
-/// cannot hold every writer behind it for long.
-const MAX_GROUP_BATCHES: usize = 1024;
-const MAX_GROUP_BYTES: usize = 64 << 20;
-
 /// The file name inside the data dir.
 pub const FILE_NAME: &str = "ripple.redb";
-
-/// Work for the writer thread.
-enum Job {
-    Apply {
-        batch: Batch,
-        reply: oneshot::Sender<Result<Vec<Applied>>>,
-    },
-    Purge {
-        max_seq: u64,
-        older_than_ts: u64,
-        limit: usize,
-        reply: oneshot::Sender<Result<usize>>,
-    },
-}
 
 /// The redb engine. Cheap to share behind an `Arc`.
 pub struct Embedded {
     db: Arc<Database>,
-    writer: Mutex<Option<mpsc::UnboundedSender<Job>>>,
+    writer: Writer,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -97,15 +76,15 @@ impl Embedded {
         txn.commit().map_err(other)?;
 
         let db = Arc::new(db);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (writer, queue) = writer::queue();
         let writer_db = db.clone();
         let thread = std::thread::Builder::new()
             .name("ripple-writer".into())
-            .spawn(move || writer_loop(&writer_db, rx))
+            .spawn(move || writer_loop(&writer_db, queue))
             .map_err(|e| StorageError::Other(format!("cannot start writer thread: {e}")))?;
         Ok(Embedded {
             db,
-            writer: Mutex::new(Some(tx)),
+            writer,
             thread: Mutex::new(Some(thread)),
         })
     }
@@ -125,69 +104,20 @@ fn other(e: impl std::fmt::Display) -> StorageError {
     StorageError::Other(e.to_string())
 }
 
-/// The writer thread: take every queued batch, commit them together,
-/// answer. A purge runs in a transaction of its own.
-fn writer_loop(db: &Database, mut rx: mpsc::UnboundedReceiver<Job>) {
-    let mut next: Option<Job> = None;
-    loop {
-        let job = match next.take() {
-            Some(job) => job,
-            None => match rx.blocking_recv() {
-                Some(job) => job,
-                None => return,
-            },
-        };
-        let (first, first_reply) = match job {
-            Job::Apply { batch, reply } => (batch, reply),
-            Job::Purge {
-                max_seq,
-                older_than_ts,
-                limit,
-                reply,
-            } => {
-                let _ = reply.send(purge(db, max_seq, older_than_ts, limit));
-                continue;
+/// The writer thread: commit each group, run each purge, answer.
+fn writer_loop(db: &Database, mut queue: Queue) {
+    while let Some(work) = queue.blocking_next() {
+        match work {
+            Work::Commit(group) => {
+                let result = commit_group(db, &group.batches);
+                group.answer(result);
             }
-        };
-        let mut bytes = batch_bytes(&first);
-        let mut batches = vec![first];
-        let mut replies = vec![first_reply];
-        while batches.len() < MAX_GROUP_BATCHES && bytes < MAX_GROUP_BYTES {
-            match rx.try_recv() {
-                Ok(Job::Apply { batch, reply }) => {
-                    bytes += batch_bytes(&batch);
-                    batches.push(batch);
-                    replies.push(reply);
-                }
-                Ok(purge) => {
-                    next = Some(purge);
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        match commit_group(db, &batches) {
-            Ok(results) => {
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(Ok(result));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, batches = batches.len(), "group commit failed");
-                for reply in replies {
-                    let _ = reply.send(Err(StorageError::Other(e.to_string())));
-                }
+            Work::Purge(job) => {
+                let p = job.purge;
+                job.answer(purge(db, p.max_seq, p.older_than_ts, p.limit));
             }
         }
     }
-}
-
-fn batch_bytes(batch: &Batch) -> usize {
-    batch
-        .records
-        .iter()
-        .map(|r| r.value.len() + r.key.len())
-        .sum()
 }
 
 /// Applies every batch, in order, in one transaction.
@@ -293,19 +223,6 @@ fn purge(db: &Database, max_seq: u64, older_than_ts: u64, limit: usize) -> Resul
     Ok(purged)
 }
 
-impl Embedded {
-    /// Hands a job to the writer thread.
-    fn submit(&self, job: Job) -> Result<()> {
-        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        match writer.as_ref().map(|w| w.send(job)) {
-            Some(Ok(())) => Ok(()),
-            _ => Err(StorageError::Unavailable(
-                "the storage engine is closed".into(),
-            )),
-        }
-    }
-}
-
 #[async_trait]
 impl Storage for Embedded {
     async fn get(&self, key: &str) -> Result<Option<Entry>> {
@@ -318,11 +235,7 @@ impl Storage for Embedded {
     }
 
     async fn apply(&self, batch: Batch) -> Result<Vec<Applied>> {
-        let (reply, answer) = oneshot::channel();
-        self.submit(Job::Apply { batch, reply })?;
-        answer
-            .await
-            .map_err(|_| StorageError::Unavailable("the storage writer stopped".into()))?
+        self.writer.apply(batch).await
     }
 
     async fn list_keys(
@@ -397,22 +310,14 @@ impl Storage for Embedded {
         self.read_meta(MAX_TS)
     }
 
-    async fn purge_tombstones(
-        &self,
-        max_seq: u64,
-        older_than_ts: u64,
-        limit: usize,
-    ) -> Result<usize> {
-        let (reply, answer) = oneshot::channel();
-        self.submit(Job::Purge {
-            max_seq,
-            older_than_ts,
-            limit,
-            reply,
-        })?;
-        answer
+    async fn purge_tombstones(&self, max_seq: u64, older_than_ts: u64, limit: usize) -> Result<usize> {
+        self.writer
+            .purge(Purge {
+                max_seq,
+                older_than_ts,
+                limit,
+            })
             .await
-            .map_err(|_| StorageError::Unavailable("the storage writer stopped".into()))?
     }
 
     async fn tombstone_count(&self) -> Result<u64> {
@@ -432,8 +337,8 @@ impl Storage for Embedded {
     }
 
     async fn close(&self) -> Result<()> {
-        // Dropping the sender lets the writer finish what is queued and exit.
-        drop(self.writer.lock().unwrap_or_else(|p| p.into_inner()).take());
+        // The writer finishes what is queued, then exits.
+        self.writer.close();
         let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(thread) = thread {
             tokio::task::spawn_blocking(move || thread.join())
