@@ -43,11 +43,47 @@ pub struct Config {
 }
 
 /// `[storage]`: which engine keeps the data.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     #[serde(default)]
     pub engine: Engine,
+    /// The database URL (`mysql://user:pass@host:port/db` or
+    /// `postgres://...`); SQL engines only.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The table name (and prefix of the others); SQL engines only.
+    #[serde(default = "default_table")]
+    pub table: String,
+    /// Database connections kept; SQL engines only.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: u32,
+    /// How long a node waits at start for an unreachable database, in
+    /// seconds, before giving up; SQL engines only.
+    #[serde(default = "default_connect_timeout_secs")]
+    pub connect_timeout_secs: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            engine: Engine::default(),
+            url: None,
+            table: default_table(),
+            pool_size: default_pool_size(),
+            connect_timeout_secs: default_connect_timeout_secs(),
+        }
+    }
+}
+
+fn default_table() -> String {
+    "ripple_kv".into()
+}
+fn default_pool_size() -> u32 {
+    8
+}
+fn default_connect_timeout_secs() -> u64 {
+    60
 }
 
 /// The storage engines this build has.
@@ -57,6 +93,10 @@ pub enum Engine {
     /// redb, in `data_dir`.
     #[default]
     Embedded,
+    /// MySQL or MariaDB at `url`.
+    Mysql,
+    /// PostgreSQL at `url`.
+    Postgres,
 }
 
 /// `[limits]`: what a client may send.
@@ -228,6 +268,7 @@ impl Config {
                 l.max_header_bytes
             );
         }
+        self.validate_storage()?;
         let r = &self.replication;
         if r.batch_max_records == 0 || r.batch_max_records > 100_000 {
             bail!(
@@ -268,6 +309,56 @@ impl Config {
             bail!(
                 "cluster.members does not list this node's node_id {:?}",
                 self.node_id
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn validate_storage(&self) -> anyhow::Result<()> {
+        let s = &self.storage;
+        let scheme = match s.engine {
+            Engine::Embedded => {
+                if s.url.is_some() {
+                    bail!("storage.url is for the mysql and postgres engines; the embedded engine keeps its data in data_dir");
+                }
+                return Ok(());
+            }
+            Engine::Mysql => "mysql://",
+            Engine::Postgres => "postgres",
+        };
+        match &s.url {
+            None => bail!(
+                "storage.url is required with engine = {:?}",
+                format!("{:?}", s.engine).to_lowercase()
+            ),
+            Some(url) if !url.starts_with(scheme) => {
+                bail!("storage.url must start with {scheme:?} for this engine")
+            }
+            Some(_) => {}
+        }
+        let t = s.table.as_bytes();
+        let ok = !t.is_empty()
+            && t.len() <= 40
+            && (t[0].is_ascii_alphabetic() || t[0] == b'_')
+            && t.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_');
+        if !ok {
+            bail!("storage.table must be 1 to 40 of letters, digits and '_', starting with a letter or '_', not {:?}", s.table);
+        }
+        if s.pool_size == 0 || s.pool_size > 1000 {
+            bail!(
+                "storage.pool_size must be between 1 and 1000, not {}",
+                s.pool_size
+            );
+        }
+        if s.engine == Engine::Mysql
+            && self.limits.max_key_bytes > crate::storage::sql::MYSQL_MAX_KEY_BYTES
+        {
+            bail!(
+                "limits.max_key_bytes must be at most {} with the mysql engine (the longest key InnoDB can index), not {}",
+                crate::storage::sql::MYSQL_MAX_KEY_BYTES,
+                self.limits.max_key_bytes
             );
         }
         Ok(())

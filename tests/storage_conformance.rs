@@ -2,7 +2,16 @@
 //! trait must do, written against the trait alone. Each engine gets the
 //! whole suite through `conformance!`, unchanged.
 
-use std::sync::Arc;
+mod common;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use common::sql::{DbServer, Kind};
+use ripple::storage::sql::{Dialect, SqlEngine};
 
 use bytes::Bytes;
 use ripple::storage::embedded::Embedded;
@@ -10,7 +19,7 @@ use ripple::storage::{Applied, Batch, Cursor, Record, Storage, StorageError, Ver
 
 /// Opens an engine on a location that survives reopening.
 trait Harness: Send + Sync {
-    fn open(&self) -> Arc<dyn Storage>;
+    fn open(&self) -> Pin<Box<dyn Future<Output = Arc<dyn Storage>> + Send + '_>>;
 }
 
 struct EmbeddedHarness {
@@ -26,8 +35,68 @@ impl EmbeddedHarness {
 }
 
 impl Harness for EmbeddedHarness {
-    fn open(&self) -> Arc<dyn Storage> {
-        Arc::new(Embedded::open(self.dir.path()).unwrap())
+    fn open(&self) -> Pin<Box<dyn Future<Output = Arc<dyn Storage>> + Send + '_>> {
+        Box::pin(async { Arc::new(Embedded::open(self.dir.path()).unwrap()) as Arc<dyn Storage> })
+    }
+}
+
+/// One private server per engine for the whole suite; each case gets
+/// tables of its own.
+static MARIADB: OnceLock<Option<Mutex<DbServer>>> = OnceLock::new();
+static POSTGRES: OnceLock<Option<Mutex<DbServer>>> = OnceLock::new();
+static TABLES: AtomicUsize = AtomicUsize::new(0);
+
+struct SqlHarness {
+    dialect: Dialect,
+    url: String,
+    table: String,
+}
+
+impl SqlHarness {
+    /// `None` (the case is skipped) when the server programs are missing.
+    fn new(kind: Kind) -> Option<Self> {
+        let cell = match kind {
+            Kind::MariaDb => &MARIADB,
+            Kind::Postgres => &POSTGRES,
+        };
+        let server = cell
+            .get_or_init(|| {
+                DbServer::start(kind).map(|s| {
+                    s.create_database("conformance");
+                    Mutex::new(s)
+                })
+            })
+            .as_ref()?;
+        let url = server.lock().unwrap().url("conformance");
+        Some(SqlHarness {
+            dialect: match kind {
+                Kind::MariaDb => Dialect::MySql,
+                Kind::Postgres => Dialect::Postgres,
+            },
+            url,
+            table: format!(
+                "t{}_{}",
+                std::process::id(),
+                TABLES.fetch_add(1, Ordering::SeqCst)
+            ),
+        })
+    }
+}
+
+impl Harness for SqlHarness {
+    fn open(&self) -> Pin<Box<dyn Future<Output = Arc<dyn Storage>> + Send + '_>> {
+        Box::pin(async {
+            let engine = SqlEngine::open(
+                self.dialect,
+                &self.url,
+                &self.table,
+                4,
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+            Arc::new(engine) as Arc<dyn Storage>
+        })
     }
 }
 
@@ -74,14 +143,14 @@ fn stored(a: &Applied) -> u64 {
 }
 
 async fn missing_key_is_none(h: &dyn Harness) {
-    let s = h.open();
+    let s = h.open().await;
     assert_eq!(s.get("nope").await.unwrap(), None);
     assert_eq!(s.last_seq().await.unwrap(), 0);
     assert_eq!(s.max_version_ts().await.unwrap(), 0);
 }
 
 async fn stored_record_reads_back_exactly(h: &dyn Harness) {
-    let s = h.open();
+    let s = h.open().await;
     let r = rec("k", "v", 10);
     let a = apply(&s, vec![r.clone()]).await;
     assert_eq!(a, vec![Applied::Stored { seq: 1 }]);
@@ -91,7 +160,7 @@ async fn stored_record_reads_back_exactly(h: &dyn Harness) {
 }
 
 async fn binary_values_are_byte_exact(h: &dyn Harness) {
-    let s = h.open();
+    let s = h.open().await;
     let all_bytes: Vec<u8> = (0..=255u8).cycle().take(1 << 20).collect();
     let mut big = rec("big", "", 1);
     big.value = Bytes::from(all_bytes.clone());
@@ -110,7 +179,7 @@ async fn binary_values_are_byte_exact(h: &dyn Harness) {
 }
 
 async fn seq_takes_the_next_number_for_every_stored_record(h: &dyn Harness) {
-    let s = h.open();
+    let s = h.open().await;
     let a = apply(&s, vec![rec("a", "1", 1), rec("b", "1", 2)]).await;
     assert_eq!(a.iter().map(stored).collect::<Vec<_>>(), vec![1, 2]);
     let a = apply(&s, vec![rec("a", "2", 3)]).await;
@@ -119,7 +188,7 @@ async fn seq_takes_the_next_number_for_every_stored_record(h: &dyn Harness) {
 }
 
 async fn stale_versions_are_not_applied(h: &dyn Harness) {
-    let s = h.open();
+    let s = h.open().await;
     apply(&s, vec![rec("k", "new", 20)]).await;
     let a = apply(&s, vec![rec("k", "old", 10), rec("k", "same", 20)]).await;
     assert_eq!(a, vec![Applied::Stale, Applied::Stale]);
@@ -135,7 +204,7 @@ async fn stale_versions_are_not_applied(h: &dyn Harness) {
 }
 
 async fn one_batch_applies_in_order(h: &dyn Harness) {
-    let s = h.open();
+    let s = h.open().await;
     let a = apply(
         &s,
         vec![rec("k", "v1", 1), rec("k", "v3", 3), rec("k", "v2", 2)],
@@ -146,7 +215,7 @@ async fn one_batch_applies_in_order(h: &dyn Harness) {
 }
 
 async fn feed_holds_each_key_once_at_its_latest_seq(h: &dyn Harness) {
-    let s = h.open();
+    let s = h.open().await;
     apply(
         &s,
         vec![rec("a", "1", 1), rec("b", "1", 2), rec("c", "1", 3)],
@@ -168,7 +237,7 @@ async fn feed_holds_each_key_once_at_its_latest_seq(h: &dyn Harness) {
 }
 
 async fn tombstones_are_records_but_not_listed(h: &dyn Harness) {
-    let s = h.open();
+    let s = h.open().await;
     apply(&s, vec![rec("a", "1", 1), rec("b", "1", 2)]).await;
     let a = apply(&s, vec![tomb("a", 3)]).await;
     assert_eq!(stored(&a[0]), 3);
@@ -190,7 +259,7 @@ async fn tombstones_are_records_but_not_listed(h: &dyn Harness) {
 }
 
 async fn list_keys_by_prefix_in_byte_order_with_paging(h: &dyn Harness) {
-    let s = h.open();
+    let s = h.open().await;
     let keys = ["b/2", "a", "b/1", "b", "c", "b/10", "é", "z", "b/3"];
     let records = keys
         .iter()
@@ -221,7 +290,7 @@ async fn list_keys_by_prefix_in_byte_order_with_paging(h: &dyn Harness) {
 }
 
 async fn cursor_moves_with_its_batch(h: &dyn Harness) {
-    let s = h.open();
+    let s = h.open().await;
     assert_eq!(s.cursor("n2").await.unwrap(), 0);
     s.apply(Batch {
         records: vec![rec("k", "v", 5)],
@@ -248,13 +317,13 @@ async fn cursor_moves_with_its_batch(h: &dyn Harness) {
 }
 
 async fn max_version_ts_tracks_the_highest_version(h: &dyn Harness) {
-    let s = h.open();
+    let s = h.open().await;
     apply(&s, vec![rec("a", "1", 50), rec("b", "1", 7)]).await;
     assert_eq!(s.max_version_ts().await.unwrap(), 50);
 }
 
 async fn everything_survives_a_reopen(h: &dyn Harness) {
-    let s = h.open();
+    let s = h.open().await;
     apply(&s, vec![rec("a", "1", 1), tomb("b", 2)]).await;
     s.apply(Batch {
         records: vec![rec("c", "3", 9)],
@@ -267,7 +336,7 @@ async fn everything_survives_a_reopen(h: &dyn Harness) {
     .unwrap();
     s.close().await.unwrap();
     drop(s);
-    let s = h.open();
+    let s = h.open().await;
     assert_eq!(s.get("a").await.unwrap().unwrap().record.value, "1");
     assert!(s.get("b").await.unwrap().unwrap().record.tombstone);
     assert_eq!(s.last_seq().await.unwrap(), 3);
@@ -277,7 +346,7 @@ async fn everything_survives_a_reopen(h: &dyn Harness) {
 }
 
 async fn concurrent_writers_get_unique_contiguous_seqs(h: &dyn Harness) {
-    let s = h.open();
+    let s = h.open().await;
     let mut tasks = Vec::new();
     for t in 0..16u64 {
         let s = s.clone();
@@ -300,7 +369,7 @@ async fn concurrent_writers_get_unique_contiguous_seqs(h: &dyn Harness) {
 }
 
 async fn closed_engine_refuses_writes(h: &dyn Harness) {
-    let s = h.open();
+    let s = h.open().await;
     s.close().await.unwrap();
     let err = s
         .apply(Batch {
@@ -319,7 +388,7 @@ async fn apply_is_idempotent_and_order_insensitive(h: &dyn Harness) {
     use proptest::prelude::*;
     use proptest::test_runner::{Config, TestRunner};
 
-    let s = h.open();
+    let s = h.open().await;
     let handle = tokio::runtime::Handle::current();
     let strategy = proptest::collection::vec((0..6usize, 1..20u64, 0..3usize), 1..30)
         .prop_flat_map(|records| {
@@ -410,7 +479,7 @@ async fn apply_is_idempotent_and_order_insensitive(h: &dyn Harness) {
 
 /// Tombstones go only when old enough and covered by `max_seq`.
 async fn purge_takes_only_old_covered_tombstones(h: &dyn Harness) {
-    let s = h.open();
+    let s = h.open().await;
     apply(
         &s,
         vec![rec("a", "1", 1), tomb("b", 2), tomb("c", 100), tomb("d", 3)],
@@ -445,14 +514,14 @@ async fn purge_takes_only_old_covered_tombstones(h: &dyn Harness) {
 }
 
 async fn feed_id_is_stable_and_nonzero(h: &dyn Harness) {
-    let s = h.open();
+    let s = h.open().await;
     let id = s.feed_id().await.unwrap();
     assert_ne!(id, 0);
     assert_eq!(s.feed_id().await.unwrap(), id);
     s.close().await.unwrap();
     drop(s);
     assert_eq!(
-        h.open().feed_id().await.unwrap(),
+        h.open().await.feed_id().await.unwrap(),
         id,
         "a reopened store keeps its feed id"
     );
@@ -488,11 +557,14 @@ macro_rules! conformance {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
-                let h = $harness;
+                // A harness of `None` means the engine is not installed here.
+                let Some(h) = $harness else { return };
                 super::$case(&h).await;
             }
         )*
     };
 }
 
-conformance!(embedded, EmbeddedHarness::new());
+conformance!(embedded, Some(EmbeddedHarness::new()));
+conformance!(mariadb, SqlHarness::new(Kind::MariaDb));
+conformance!(postgres, SqlHarness::new(Kind::Postgres));

@@ -2,6 +2,7 @@
 //! several; `get`, `put`, `delete`, `list`, `status` and `sync` are clients
 //! of a running node.
 
+pub mod bench;
 pub mod dev_cluster;
 pub mod kv;
 pub mod serve;
@@ -65,6 +66,8 @@ pub enum Command {
     },
     /// Run a cluster of N nodes on this machine, for trying Ripple out.
     DevCluster(dev_cluster::DevClusterArgs),
+    /// Load-test nodes: throughput, latency percentiles, replication lag.
+    Bench(bench::BenchArgs),
     /// List keys, one per line, in byte order.
     List {
         /// Only keys that start with this.
@@ -101,5 +104,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status { json, target } => status::status(&target.url, json).await,
         Command::Sync { timeout_ms, target } => status::sync(&target.url, timeout_ms).await,
         Command::DevCluster(args) => dev_cluster::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }

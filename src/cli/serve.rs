@@ -16,6 +16,7 @@ use crate::http::{self, AppState};
 use crate::node::{Limits, Node};
 use crate::replication::Replication;
 use crate::storage::embedded::Embedded;
+use crate::storage::sql::{Dialect, SqlEngine};
 use crate::storage::Storage;
 
 #[derive(Debug, Args)]
@@ -51,8 +52,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.validate().context("invalid configuration")?;
     init_logging();
 
-    let storage: Arc<dyn Storage> = match config.storage.engine {
+    let s = &config.storage;
+    let sql = |dialect| async move {
+        let url = s.url.as_deref().unwrap_or_default();
+        let patience = std::time::Duration::from_secs(s.connect_timeout_secs);
+        SqlEngine::open(dialect, url, &s.table, s.pool_size, patience).await
+    };
+    let storage: Arc<dyn Storage> = match s.engine {
         Engine::Embedded => Arc::new(Embedded::open(&config.data_dir)?),
+        Engine::Mysql => Arc::new(sql(Dialect::MySql).await?),
+        Engine::Postgres => Arc::new(sql(Dialect::Postgres).await?),
     };
     let limits = Limits {
         max_key_bytes: config.limits.max_key_bytes,
@@ -74,7 +83,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         public_url: http::base_url(addr),
         max_header_bytes: config.limits.max_header_bytes,
     };
-    tracing::info!(node_id = %config.node_id, data_dir = %config.data_dir.display(), "storage open");
+    tracing::info!(node_id = %config.node_id, engine = ?config.storage.engine, "storage open");
     // The one line on stdout: tests and scripts read the bound address here.
     println!(
         "ripple node {} listening on {}",

@@ -310,7 +310,12 @@ impl Storage for Embedded {
         self.read_meta(MAX_TS)
     }
 
-    async fn purge_tombstones(&self, max_seq: u64, older_than_ts: u64, limit: usize) -> Result<usize> {
+    async fn purge_tombstones(
+        &self,
+        max_seq: u64,
+        older_than_ts: u64,
+        limit: usize,
+    ) -> Result<usize> {
         self.writer
             .purge(Purge {
                 max_seq,

@@ -15,6 +15,7 @@
 
 pub mod codec;
 pub mod embedded;
+pub mod sql;
 pub mod writer;
 
 use async_trait::async_trait;

@@ -134,7 +134,11 @@ impl Queue {
 }
 
 fn batch_bytes(batch: &Batch) -> usize {
-    batch.records.iter().map(|r| r.value.len() + r.key.len()).sum()
+    batch
+        .records
+        .iter()
+        .map(|r| r.value.len() + r.key.len())
+        .sum()
 }
 
 /// The callers' end of the queue.
@@ -158,7 +162,9 @@ impl Writer {
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
         match tx.as_ref().map(|tx| tx.send(job)) {
             Some(Ok(())) => Ok(()),
-            _ => Err(StorageError::Unavailable("the storage engine is closed".into())),
+            _ => Err(StorageError::Unavailable(
+                "the storage engine is closed".into(),
+            )),
         }
     }
 

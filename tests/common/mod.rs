@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod proxy;
+pub mod sql;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
