@@ -11,18 +11,73 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::cluster::{node_id, Cluster};
+use common::sql::{DbServer, Kind};
 use common::{error_code, rt};
 use hyper::{Method, StatusCode};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 const CONVERGE: Duration = Duration::from_secs(30);
+
+/// Where the nodes keep their data: every test runs twice, on embedded
+/// nodes and on a mixed cluster (embedded, MariaDB, PostgreSQL).
+#[derive(Clone, Copy, Debug)]
+enum Setup {
+    Embedded,
+    Mixed,
+}
+
+static MARIADB: OnceLock<Option<DbServer>> = OnceLock::new();
+static POSTGRES: OnceLock<Option<DbServer>> = OnceLock::new();
+static CLUSTERS: AtomicUsize = AtomicUsize::new(0);
+
+fn server(kind: Kind) -> Option<&'static DbServer> {
+    let cell = match kind {
+        Kind::MariaDb => &MARIADB,
+        Kind::Postgres => &POSTGRES,
+    };
+    cell.get_or_init(|| DbServer::start(kind).inspect(|s| s.create_database("replication")))
+        .as_ref()
+}
+
+/// Starts a cluster for `setup`; `None` (the test is skipped) when a mixed
+/// cluster's database servers are not installed.
+fn start(n: usize, extra: &str, setup: Setup) -> Option<Cluster> {
+    match setup {
+        Setup::Embedded => Some(Cluster::start(n, extra)),
+        Setup::Mixed => {
+            let urls = [
+                server(Kind::MariaDb)?.url("replication"),
+                server(Kind::Postgres)?.url("replication"),
+            ];
+            let id = CLUSTERS.fetch_add(1, Ordering::SeqCst);
+            let pid = std::process::id();
+            Some(Cluster::start_with_storage(
+                n,
+                extra,
+                Box::new(move |i, generation| {
+                    // Node 1 embedded, node 2 MariaDB, node 3 PostgreSQL, ...
+                    let engine = match i % 3 {
+                        0 => return String::new(),
+                        1 => "mysql",
+                        _ => "postgres",
+                    };
+                    let url = &urls[(i % 3) - 1];
+                    format!("[storage]\nengine = \"{engine}\"\nurl = \"{url}\"\ntable = \"r{pid}_{id}_{i}_{generation}\"\n")
+                }),
+            ))
+        }
+    }
+}
 
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
 }
 
-#[test]
-fn writes_through_every_node_converge_on_every_node() {
-    let cluster = Cluster::start(3, "");
+fn writes_through_every_node_converge_on_every_node(setup: Setup) {
+    let Some(cluster) = start(3, "", setup) else {
+        return;
+    };
     rt().block_on(async {
         let mut expected = BTreeMap::new();
         for i in 0..90 {
@@ -65,9 +120,10 @@ fn writes_through_every_node_converge_on_every_node() {
     });
 }
 
-#[test]
-fn a_killed_node_misses_writes_and_catches_up() {
-    let mut cluster = Cluster::start(3, "");
+fn a_killed_node_misses_writes_and_catches_up(setup: Setup) {
+    let Some(mut cluster) = start(3, "", setup) else {
+        return;
+    };
     let runtime = rt();
     let mut expected = BTreeMap::new();
     runtime.block_on(async {
@@ -119,9 +175,10 @@ fn a_killed_node_misses_writes_and_catches_up() {
     });
 }
 
-#[test]
-fn a_wiped_node_refills_from_its_peers() {
-    let mut cluster = Cluster::start(3, "");
+fn a_wiped_node_refills_from_its_peers(setup: Setup) {
+    let Some(mut cluster) = start(3, "", setup) else {
+        return;
+    };
     let runtime = rt();
     let mut expected = BTreeMap::new();
     runtime.block_on(async {
@@ -152,9 +209,10 @@ fn a_wiped_node_refills_from_its_peers() {
     });
 }
 
-#[test]
-fn a_partition_heals_and_converges() {
-    let cluster = Cluster::start(3, "");
+fn a_partition_heals_and_converges(setup: Setup) {
+    let Some(cluster) = start(3, "", setup) else {
+        return;
+    };
     rt().block_on(async {
         let mut expected = BTreeMap::new();
         for i in 0..30 {
@@ -202,9 +260,10 @@ fn a_partition_heals_and_converges() {
     });
 }
 
-#[test]
-fn concurrent_writes_to_one_key_end_with_one_value_everywhere() {
-    let cluster = Cluster::start(3, "");
+fn concurrent_writes_to_one_key_end_with_one_value_everywhere(setup: Setup) {
+    let Some(cluster) = start(3, "", setup) else {
+        return;
+    };
     rt().block_on(async {
         let mut tasks = Vec::new();
         for w in 0..6 {
@@ -250,14 +309,16 @@ fn concurrent_writes_to_one_key_end_with_one_value_everywhere() {
     });
 }
 
-#[test]
-fn deletes_never_come_back() {
+fn deletes_never_come_back(setup: Setup) {
     // Tombstones are collected quickly here, to check that collection
     // waits for every peer.
-    let mut cluster = Cluster::start(
+    let Some(mut cluster) = start(
         3,
         "[replication]\ntombstone_grace_secs = 0\ngc_interval_secs = 1\n",
-    );
+        setup,
+    ) else {
+        return;
+    };
     let runtime = rt();
     let key = cluster.key_mastered_by(0, "doomed");
     let keep = cluster.key_mastered_by(0, "kept");
@@ -316,9 +377,10 @@ async fn status(cluster: &Cluster, i: usize) -> serde_json::Value {
     serde_json::from_slice(&r.body).unwrap()
 }
 
-#[test]
-fn replicas_all_and_consistency_master_are_immediate() {
-    let mut cluster = Cluster::start(3, "[replication]\nreplica_timeout_ms = 1500\n");
+fn replicas_all_and_consistency_master_are_immediate(setup: Setup) {
+    let Some(mut cluster) = start(3, "[replication]\nreplica_timeout_ms = 1500\n", setup) else {
+        return;
+    };
     let runtime = rt();
     runtime.block_on(async {
         for i in 0..20 {
@@ -422,9 +484,10 @@ fn replicas_all_and_consistency_master_are_immediate() {
     });
 }
 
-#[test]
-fn an_unreachable_master_stores_nothing() {
-    let mut cluster = Cluster::start(3, "");
+fn an_unreachable_master_stores_nothing(setup: Setup) {
+    let Some(mut cluster) = start(3, "", setup) else {
+        return;
+    };
     let runtime = rt();
     let key = cluster.key_mastered_by(2, "orphan");
     cluster.kill9(2);
@@ -451,9 +514,10 @@ fn an_unreachable_master_stores_nothing() {
     });
 }
 
-#[test]
-fn canonical_seed_routes_have_the_seeds_meaning() {
-    let cluster = Cluster::start(3, "");
+fn canonical_seed_routes_have_the_seeds_meaning(setup: Setup) {
+    let Some(cluster) = start(3, "", setup) else {
+        return;
+    };
     rt().block_on(async {
         let json = [(
             hyper::header::ACCEPT,
@@ -546,9 +610,10 @@ fn canonical_seed_routes_have_the_seeds_meaning() {
     });
 }
 
-#[test]
-fn status_and_sync_through_the_cli() {
-    let mut cluster = Cluster::start(3, "");
+fn status_and_sync_through_the_cli(setup: Setup) {
+    let Some(mut cluster) = start(3, "", setup) else {
+        return;
+    };
     let runtime = rt();
     runtime.block_on(async {
         for i in 0..50 {
@@ -626,3 +691,28 @@ fn status_and_sync_through_the_cli() {
         assert_eq!(n1["reachable"], false, "{s}");
     });
 }
+
+/// Every test above, on embedded nodes and on a mixed cluster.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $( #[test] fn $name() { super::$name(super::Setup::Embedded) } )*
+        }
+        mod mixed {
+            $( #[test] fn $name() { super::$name(super::Setup::Mixed) } )*
+        }
+    };
+}
+
+on_both!(
+    writes_through_every_node_converge_on_every_node,
+    a_killed_node_misses_writes_and_catches_up,
+    a_wiped_node_refills_from_its_peers,
+    a_partition_heals_and_converges,
+    concurrent_writes_to_one_key_end_with_one_value_everywhere,
+    deletes_never_come_back,
+    replicas_all_and_consistency_master_are_immediate,
+    an_unreachable_master_stores_nothing,
+    canonical_seed_routes_have_the_seeds_meaning,
+    status_and_sync_through_the_cli
+);

@@ -6,6 +6,8 @@
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
+use std::time::Duration;
+
 use bytes::Bytes;
 use hyper::header::{HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE, HOST, IF_MATCH, IF_NONE_MATCH};
 use hyper::http::request::Parts;
@@ -36,14 +38,15 @@ pub fn was_forwarded(parts: &Parts) -> bool {
 }
 
 /// Sends the request on to `key`'s master and relays the answer, or
-/// `None` when this node is the master and must serve it itself.
-/// `path_and_query` replaces the request's own when given.
+/// `None` when this node is the master and must serve it itself. `wait` is
+/// how long the master may take beyond a plain request (a write's replica
+/// timeout).
 pub async fn to_master(
     state: &AppState,
     key: &str,
     parts: &Parts,
     body: Bytes,
-    path_and_query: Option<&str>,
+    wait: Option<Duration>,
 ) -> Option<Response> {
     let members = &state.repl.members;
     let master = members.master(key);
@@ -66,10 +69,10 @@ pub async fn to_master(
             .into_response(),
         );
     }
-    let target = path_and_query
-        .map(str::to_owned)
-        .or_else(|| parts.uri.path_and_query().map(|p| p.as_str().to_owned()))
-        .unwrap_or_else(|| parts.uri.path().to_owned());
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or(parts.uri.path(), |p| p.as_str());
     let mut headers: Vec<(HeaderName, HeaderValue)> = KEPT
         .iter()
         .flat_map(|name| {
@@ -92,18 +95,21 @@ pub async fn to_master(
         .send(
             &master.id,
             parts.method.clone(),
-            &target,
+            target,
             &headers,
             body,
-            FORWARD_TIMEOUT,
+            FORWARD_TIMEOUT + wait.unwrap_or_default(),
         )
         .await;
     Some(match sent {
         Ok(reply) => {
             let mut res = Response::new(Body::from(reply.body));
             *res.status_mut() = reply.status;
+            let head = parts.method == hyper::Method::HEAD;
             for (name, value) in reply.headers.iter() {
-                if !DROPPED.contains(&name.as_str()) {
+                // A HEAD answer's Content-Length is the GET's: keep it.
+                let keep = head && name == hyper::header::CONTENT_LENGTH;
+                if keep || !DROPPED.contains(&name.as_str()) {
                     res.headers_mut().append(name.clone(), value.clone());
                 }
             }
@@ -113,23 +119,29 @@ pub async fn to_master(
             &master.id,
             &master.url,
             &format!("it cannot be reached ({e}); nothing was stored"),
+            "no",
         ),
+        // Through a proxy a dead master looks like this too, so it is the
+        // same 503; `applied` tells the client what it can rely on.
         Err(SendError::Failed(_, e)) => master_unavailable(
             &master.id,
             &master.url,
             &format!("the request failed on the way ({e}); it may or may not have been applied"),
+            "unknown",
         ),
     })
 }
 
-/// 503 naming the master.
-pub fn master_unavailable(id: &str, url: &str, why: &str) -> Response {
+/// 503 naming the master; `applied` is "no" when the request never
+/// reached it, "unknown" when it may have.
+pub fn master_unavailable(id: &str, url: &str, why: &str, applied: &str) -> Response {
     super::json_response(
         StatusCode::SERVICE_UNAVAILABLE,
         &serde_json::json!({
             "error": "master_unavailable",
             "message": format!("the master of this key is {id} ({url}): {why}"),
             "master": id,
+            "applied": applied,
         }),
     )
 }

@@ -219,7 +219,7 @@ pub async fn put(State(state): State<AppState>, req: Request) -> Result<Response
             .to_owned(),
     };
     let value = read_body(body, &parts.headers, state.node.limits().max_value_bytes).await?;
-    if let Some(res) = forward::to_master(&state, &key, &parts, value.clone(), None).await {
+    if let Some(res) = forward::to_master(&state, &key, &parts, value.clone(), opts.timeout).await {
         return Ok(res);
     }
     let outcome = state.node.put(&key, value, content_type, &pre).await?;
@@ -250,7 +250,9 @@ pub async fn delete(State(state): State<AppState>, req: Request) -> Result<Respo
     state.node.check_key(&key)?;
     let opts = WriteOptions::parse(&state, parts.uri.query())?;
     let pre = preconditions(&parts.headers)?;
-    if let Some(res) = forward::to_master(&state, &key, &parts, bytes::Bytes::new(), None).await {
+    if let Some(res) =
+        forward::to_master(&state, &key, &parts, bytes::Bytes::new(), opts.timeout).await
+    {
         return Ok(res);
     }
     let outcome = state.node.delete(&key, &pre).await.map_err(|e| match e {

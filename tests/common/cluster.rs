@@ -9,8 +9,16 @@ use std::time::{Duration, Instant};
 use super::proxy::Proxy;
 use super::{Client, Node};
 
+/// Where a node keeps its data: the `[storage]` section of its config for
+/// a given generation (a wiped node starts a new generation, in new tables).
+pub type StorageFn = Box<dyn Fn(usize, u32) -> String + Send + Sync>;
+
 pub struct Cluster {
     pub nodes: Vec<Node>,
+    /// Each node's config without its `[storage]` section.
+    configs: Vec<String>,
+    storage: StorageFn,
+    generations: Vec<u32>,
     /// (from, to) -> the proxy of that link.
     links: HashMap<(usize, usize), Proxy>,
     pub dirs: Vec<PathBuf>,
@@ -28,6 +36,11 @@ impl Cluster {
     /// Starts `n` nodes; `extra` is TOML appended to every node's config
     /// (e.g. a `[replication]` section).
     pub fn start(n: usize, extra: &str) -> Cluster {
+        Cluster::start_with_storage(n, extra, Box::new(|_, _| String::new()))
+    }
+
+    /// Starts `n` nodes whose storage `storage(i, generation)` describes.
+    pub fn start_with_storage(n: usize, extra: &str, storage: StorageFn) -> Cluster {
         let proxy_rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -41,6 +54,7 @@ impl Cluster {
             }
         }
         let mut dirs = Vec::new();
+        let mut configs = Vec::new();
         for i in 0..n {
             let dir = root.path().join(node_id(i));
             std::fs::create_dir_all(&dir).unwrap();
@@ -58,11 +72,14 @@ impl Cluster {
                 node_id(i),
                 members.join(", ")
             );
-            std::fs::write(dir.join("ripple.toml"), config).unwrap();
+            configs.push(config);
             dirs.push(dir);
         }
         let mut cluster = Cluster {
             nodes: Vec::new(),
+            configs,
+            storage,
+            generations: vec![0; n],
             links,
             dirs,
             _root: root,
@@ -79,6 +96,8 @@ impl Cluster {
     fn spawn(&self, i: usize) -> Node {
         let dir = &self.dirs[i];
         let config = dir.join("ripple.toml");
+        let storage = (self.storage)(i, self.generations[i]);
+        std::fs::write(&config, format!("{}\n{storage}\n", self.configs[i])).unwrap();
         Node::start_with(&dir.join("data"), &["--config", config.to_str().unwrap()])
     }
 
@@ -119,6 +138,7 @@ impl Cluster {
     pub fn wipe(&mut self, i: usize) {
         self.nodes[i].kill9();
         let _ = std::fs::remove_dir_all(self.dirs[i].join("data"));
+        self.generations[i] += 1;
         self.restart(i);
     }
 
