@@ -41,7 +41,7 @@ pub enum Dialect {
 pub const MYSQL_MAX_KEY_BYTES: usize = 3072;
 
 /// How long a request waits for a pooled connection before a 503.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The SQL text of every statement, for one dialect and table name.
 struct Sql {

@@ -99,11 +99,15 @@ impl DbServer {
         };
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
+        // A temp dir of its own: servers sharing /tmp collide on temp tables.
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
         let out = run(
             &install,
             &[
                 "--no-defaults",
                 &format!("--datadir={}", data.display()),
+                &format!("--tmpdir={}", tmp.display()),
                 "--auth-root-authentication-method=normal",
                 "--skip-test-db",
                 "--user=root",
@@ -278,6 +282,7 @@ impl DbServer {
                 let args = [
                     "--no-defaults".to_owned(),
                     format!("--datadir={}", data.display()),
+                    format!("--tmpdir={}", dir.join("tmp").display()),
                     format!("--port={}", self.port),
                     "--bind-address=127.0.0.1".into(),
                     format!("--socket={}", dir.join("mariadb.sock").display()),
