@@ -26,6 +26,9 @@ struct Acked {
     last: HashMap<String, (u64, u64)>,
     /// Keys whose delete was acknowledged.
     deleted: Vec<String>,
+    /// Fresh keys whose delete was in flight at the kill: either state is
+    /// right, the value or nothing.
+    maybe_deleted: HashMap<String, String>,
 }
 
 #[test]
@@ -103,10 +106,17 @@ async fn write_until_failure(
         }
         if i % 10 == 9 {
             let victim = format!("fresh/{round}/{w}/{}", i - 5);
+            // In doubt from the moment the delete is sent.
+            {
+                let mut a = acked.lock().unwrap();
+                if let Some(v) = a.fresh.remove(&victim) {
+                    a.maybe_deleted.insert(victim.clone(), v);
+                }
+            }
             match client.delete(&victim).await {
                 Ok(r) if r.status == StatusCode::NO_CONTENT => {
                     let mut a = acked.lock().unwrap();
-                    a.fresh.remove(&victim);
+                    a.maybe_deleted.remove(&victim);
                     a.deleted.push(victim);
                 }
                 _ => return,
@@ -131,6 +141,14 @@ fn verify(runtime: &tokio::runtime::Runtime, client: &Client, acked: &Acked) {
             assert!(
                 n == *acked_n || n == *in_flight,
                 "{key} holds {n}; last acknowledged {acked_n}, in flight {in_flight}"
+            );
+        }
+        for (key, value) in &acked.maybe_deleted {
+            let r = client.get(key).await.unwrap();
+            assert!(
+                r.status == StatusCode::NOT_FOUND || r.body == value.as_bytes(),
+                "{key}: neither deleted nor its value ({})",
+                r.status
             );
         }
         for key in &acked.deleted {

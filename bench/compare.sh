@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark on this machine, loopback only, in one run:
+#   Ripple (embedded engine, durable: acknowledged after fsync),
+#   Redis 7 with appendfsync always, and without persistence,
+#   etcd 3.4 through its HTTP JSON gateway,
+#   a bare HTTP handler on Ripple's own server loop (the HTTP floor).
+# Same concurrency, value size and key space for all. Installs what is
+# missing from Debian's packages, starts each store privately in a temp dir,
+# and writes bench/RESULTS.md.
+#
+#   bench/compare.sh                      # 64 connections, 100-byte values, 100k keys, 10 s
+#   CONNS=32 DURATION=5 bench/compare.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CONNS=${CONNS:-64}
+VALUE_SIZE=${VALUE_SIZE:-100}
+KEYS=${KEYS:-100000}
+DURATION=${DURATION:-10}
+OUT=${OUT:-bench/RESULTS.md}
+
+need=()
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v redis-benchmark >/dev/null || need+=(redis-tools)
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v wrk >/dev/null || need+=(wrk)
+command -v python3 >/dev/null || need+=(python3)
+if [ "${#need[@]}" -gt 0 ]; then
+    echo "installing ${need[*]}" >&2
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+
+cargo build --release --bin ripple --example http_floor >&2
+RIPPLE=target/release/ripple
+FLOOR=target/release/examples/http_floor
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+wait_port() {
+    for _ in $(seq 1 200); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.05
+    done
+    echo "nothing listening on port $1" >&2
+    return 1
+}
+
+results="$work/results"
+: >"$results"
+# record STORE WORKLOAD OPS_PER_SEC P50_MS P99_MS TOOL
+record() { echo "$*" >>"$results"; echo "  $*" >&2; }
+
+# ripple bench with --json, recorded.
+ripple_bench() {
+    local store=$1 workload=$2 url=$3
+    shift 3
+    "$RIPPLE" bench --url "$url" --workload "$workload" --connections "$CONNS" \
+        --keys "$KEYS" --value-size "$VALUE_SIZE" --duration "${DURATION}s" --warmup 2s --json "$@" \
+        2>/dev/null >"$work/out.json"
+    python3 - "$store" "$workload" "$work/out.json" >>"$results" <<'EOF'
+import json, sys
+store, workload, path = sys.argv[1:4]
+d = json.load(open(path))
+l = d["latency_ms"]
+print(store, workload, round(d["throughput_ops_per_sec"]), l["p50"], l["p99"], "ripple-bench")
+EOF
+    tail -n 1 "$results" >&2
+}
+
+# wrk with a script, recorded (throughput and p50/p99 from --latency).
+wrk_run() {
+    local store=$1 workload=$2 url=$3 script=${4:-}
+    local args=(-t2 -c"$CONNS" -d"${DURATION}s" --latency)
+    [ -n "$script" ] && args+=(-s "$script")
+    wrk "${args[@]}" "$url" >"$work/wrk.txt"
+    python3 - "$store" "$workload" "$work/wrk.txt" >>"$results" <<'EOF'
+import re, sys
+store, workload, path = sys.argv[1:4]
+text = open(path).read()
+def ms(v):
+    n, unit = re.match(r"([\d.]+)(\w+)", v).groups()
+    return round(float(n) * {"us": 0.001, "ms": 1, "s": 1000}[unit], 3)
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+p50 = ms(re.search(r"\s50%\s+(\S+)", text).group(1))
+p99 = ms(re.search(r"\s99%\s+(\S+)", text).group(1))
+bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+if bad:
+    print(f"warning: {store} {workload}: {bad.group(1)} non-2xx answers", file=sys.stderr)
+print(store, workload, round(rps), p50, p99, "wrk")
+EOF
+    tail -n 1 "$results" >&2
+}
+
+# redis-benchmark SET then GET, recorded.
+redis_run() {
+    local store=$1 port=$2
+    local n=$((CONNS * 3000))
+    redis-benchmark -p "$port" -c "$CONNS" -d "$VALUE_SIZE" -r "$KEYS" -n "$n" -t set,get --csv -q \
+        >"$work/redis.csv"
+    python3 - "$store" "$work/redis.csv" >>"$results" <<'EOF'
+import csv, sys
+store, path = sys.argv[1:3]
+rows = list(csv.reader(open(path)))
+head = rows[0]
+for row in rows[1:]:
+    r = dict(zip(head, row))
+    workload = {"SET": "put", "GET": "get"}[r["test"]]
+    print(store, workload, round(float(r["rps"])), r["p50_latency_ms"], r["p99_latency_ms"], "redis-benchmark")
+EOF
+    tail -n 2 "$results" >&2
+}
+
+echo "== HTTP floor" >&2
+port=$(free_port)
+"$FLOOR" "127.0.0.1:$port" >/dev/null &
+pids+=($!)
+wait_port "$port"
+wrk_run floor get "http://127.0.0.1:$port/v1/kv/x"
+kill "${pids[-1]}"
+
+echo "== Ripple (embedded, durable)" >&2
+port=$(free_port)
+"$RIPPLE" serve --listen "127.0.0.1:$port" --data-dir "$work/ripple" >/dev/null 2>"$work/ripple.log" &
+pids+=($!)
+wait_port "$port"
+ripple_bench ripple put "http://127.0.0.1:$port"
+ripple_bench ripple get "http://127.0.0.1:$port" --preload
+KEYS=$KEYS wrk_run ripple get "http://127.0.0.1:$port" bench/wrk-ripple-get.lua
+kill "${pids[-1]}"
+
+echo "== Redis, appendfsync always" >&2
+port=$(free_port)
+mkdir -p "$work/redis-aof"
+redis-server --port "$port" --bind 127.0.0.1 --dir "$work/redis-aof" --save '' \
+    --appendonly yes --appendfsync always --daemonize no >/dev/null &
+pids+=($!)
+wait_port "$port"
+redis_run redis-aof-always "$port"
+kill "${pids[-1]}"
+
+echo "== Redis, no persistence" >&2
+port=$(free_port)
+mkdir -p "$work/redis-mem"
+redis-server --port "$port" --bind 127.0.0.1 --dir "$work/redis-mem" --save '' \
+    --appendonly no --daemonize no >/dev/null &
+pids+=($!)
+wait_port "$port"
+redis_run redis-no-persistence "$port"
+kill "${pids[-1]}"
+
+echo "== etcd 3.4" >&2
+port=$(free_port)
+peer=$(free_port)
+etcd --name bench --data-dir "$work/etcd" \
+    --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
+    --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+    --initial-cluster "bench=http://127.0.0.1:$peer" --log-level error >/dev/null 2>&1 &
+pids+=($!)
+wait_port "$port"
+OP=put KEYS=$KEYS VALUE_SIZE=$VALUE_SIZE wrk_run etcd put "http://127.0.0.1:$port" bench/wrk-etcd.lua
+OP=range KEYS=$KEYS VALUE_SIZE=$VALUE_SIZE wrk_run etcd get "http://127.0.0.1:$port" bench/wrk-etcd.lua
+kill "${pids[-1]}"
+
+machine="$(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), Linux $(uname -r)"
+python3 - "$results" "$OUT" "$machine" "$CONNS" "$VALUE_SIZE" "$KEYS" "$DURATION" <<'EOF'
+import sys, datetime
+path, out, machine, conns, size, keys, duration = sys.argv[1:8]
+rows = [l.split() for l in open(path) if l.strip()]
+def get(store, wl, tool=None):
+    """(ops/s,) of the first run of STORE WORKLOAD (by TOOL when given)."""
+    return next(((float(r[2]),) for r in rows if r[0] == store and r[1] == wl and tool in (None, r[5])), None)
+lines = [
+    "# Side-by-side results",
+    "",
+    f"Written by `bench/compare.sh` on {datetime.date.today()}: {machine}.",
+    f"Every store on loopback on this one machine, client and server sharing its cores;",
+    f"{conns} connections, {size}-byte values, {keys} keys, {duration} s per run.",
+    "",
+    "| store | workload | ops/s | p50 ms | p99 ms | client |",
+    "|---|---|---:|---:|---:|---|",
+]
+for r in rows:
+    lines.append(f"| {r[0]} | {r[1]} | {float(r[2]):,.0f} | {r[3]} | {r[4]} | {r[5]} |")
+lines += ["", "## Ripple's ratios", "", "| comparison | ratio | target |", "|---|---:|---:|"]
+def ratio(name, a, b, target):
+    if a and b:
+        lines.append(f"| {name} | {a[0] / b[0]:.2f}x | {target} |")
+ripple_get_wrk = get("ripple", "get", "wrk")
+ripple_get_own = get("ripple", "get", "ripple-bench")
+ratio("Ripple GET / HTTP floor (both wrk)", ripple_get_wrk, get("floor", "get"), ">= 0.8x")
+ratio("Ripple GET (ripple bench) / Redis GET, no persistence", ripple_get_own, get("redis-no-persistence", "get"), ">= 0.8x")
+ratio("Ripple durable PUT / Redis SET, appendfsync always", get("ripple", "put"), get("redis-aof-always", "put"), ">= 0.5x")
+ratio("Ripple durable PUT / etcd PUT", get("ripple", "put"), get("etcd", "put"), ">= 3x")
+ratio("Ripple GET (ripple bench) / etcd GET", ripple_get_own, get("etcd", "get"), "")
+open(out, "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+EOF
