@@ -66,6 +66,8 @@ pub enum SendError {
 pub struct Endpoint {
     authority: String,
     host: HeaderValue,
+    /// Headers sent with every request (credentials).
+    extra: Vec<(HeaderName, HeaderValue)>,
     idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
 }
 
@@ -91,8 +93,15 @@ impl Endpoint {
         Ok(Endpoint {
             authority,
             host,
+            extra: Vec::new(),
             idle: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Sends `name: value` with every request.
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Endpoint {
+        self.extra.push((name, value));
+        self
     }
 
     /// `host:port`.
@@ -107,6 +116,9 @@ impl Endpoint {
         timeout: Duration,
     ) -> Result<Reply, SendError> {
         req.headers_mut().insert(HOST, self.host.clone());
+        for (name, value) in &self.extra {
+            req.headers_mut().insert(name.clone(), value.clone());
+        }
         match tokio::time::timeout(timeout, self.send_inner(req)).await {
             Ok(result) => result,
             Err(_) => Err(SendError::Failed(
@@ -218,11 +230,28 @@ pub struct Client {
 impl Client {
     /// A client for `urls`: comma-separated `http://host:port` base URLs.
     pub fn new(urls: &str) -> anyhow::Result<Client> {
+        Client::with_token(urls, None)
+    }
+
+    /// A client that sends `Authorization: Bearer <token>` when given.
+    pub fn with_token(urls: &str, token: Option<&str>) -> anyhow::Result<Client> {
+        let auth = token
+            .map(|t| {
+                HeaderValue::from_str(&format!("Bearer {t}"))
+                    .map_err(|_| anyhow!("the token must be printable ASCII"))
+            })
+            .transpose()?;
         let endpoints = urls
             .split(',')
             .map(str::trim)
             .filter(|u| !u.is_empty())
-            .map(|u| Endpoint::from_url(u).map(Arc::new))
+            .map(|u| {
+                let e = Endpoint::from_url(u)?;
+                Ok(Arc::new(match &auth {
+                    Some(a) => e.with_header(hyper::header::AUTHORIZATION, a.clone()),
+                    None => e,
+                }))
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
         if endpoints.is_empty() {
             bail!("no URL given");

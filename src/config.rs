@@ -22,6 +22,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
+use crate::http::auth::{Secret, Token};
+
 /// A whole node configuration, after defaults.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,6 +42,16 @@ pub struct Config {
     pub cluster: ClusterConfig,
     #[serde(default)]
     pub replication: ReplicationConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+/// `[auth]`: client tokens; access control is off while there are none.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    #[serde(default)]
+    pub tokens: Vec<Token>,
 }
 
 /// `[storage]`: which engine keeps the data.
@@ -127,6 +139,10 @@ impl Default for LimitsConfig {
 pub struct ClusterConfig {
     #[serde(default)]
     pub members: Vec<Member>,
+    /// The secret nodes present to each other; required with auth on and
+    /// more than one member.
+    #[serde(default)]
+    pub secret: Option<Secret>,
 }
 
 /// `[replication]`: how nodes pull each other's feeds and collect
@@ -229,6 +245,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             cluster: ClusterConfig::default(),
             replication: ReplicationConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -269,6 +286,7 @@ impl Config {
             );
         }
         self.validate_storage()?;
+        self.validate_auth()?;
         let r = &self.replication;
         if r.batch_max_records == 0 || r.batch_max_records > 100_000 {
             bail!(
@@ -316,6 +334,33 @@ impl Config {
 }
 
 impl Config {
+    fn validate_auth(&self) -> anyhow::Result<()> {
+        let printable = |s: &str| s.bytes().all(|b| b.is_ascii_graphic());
+        let mut seen = HashSet::new();
+        for (i, t) in self.auth.tokens.iter().enumerate() {
+            let t = t.token.expose();
+            if t.len() < 16 || t.len() > 256 || !printable(t) {
+                bail!("auth.tokens[{i}].token must be 16 to 256 printable ASCII characters without spaces");
+            }
+            if !seen.insert(t) {
+                bail!("auth.tokens[{i}].token repeats an earlier token");
+            }
+        }
+        if let Some(s) = &self.cluster.secret {
+            let s = s.expose();
+            if s.len() < 16 || s.len() > 256 || !printable(s) {
+                bail!("cluster.secret must be 16 to 256 printable ASCII characters without spaces");
+            }
+        }
+        if !self.auth.tokens.is_empty()
+            && self.cluster.members.len() > 1
+            && self.cluster.secret.is_none()
+        {
+            bail!("auth is on ([auth] tokens) and the cluster has several members: set [cluster] secret so the nodes can reach each other");
+        }
+        Ok(())
+    }
+
     fn validate_storage(&self) -> anyhow::Result<()> {
         let s = &self.storage;
         let scheme = match s.engine {

@@ -71,6 +71,9 @@ pub struct BenchArgs {
     /// i mod N, for reads and writes alike.
     #[arg(long, env = "RIPPLE_URL", default_value = "http://127.0.0.1:7070")]
     pub url: String,
+    /// Bearer token, for nodes with auth on.
+    #[arg(long, env = "RIPPLE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// What each request does.
     #[arg(long, value_enum, default_value_t = Workload::Mixed)]
     pub workload: Workload,
@@ -205,10 +208,17 @@ struct NodeTarget {
     target: Target,
 }
 
-fn parse_urls(urls: &str) -> anyhow::Result<Vec<NodeTarget>> {
+fn parse_urls(urls: &str, token: Option<&str>) -> anyhow::Result<Vec<NodeTarget>> {
+    let auth = token
+        .map(|t| HeaderValue::from_str(&format!("Bearer {t}")))
+        .transpose()
+        .map_err(|_| anyhow!("bad --token: it must be printable ASCII"))?;
     let mut nodes = Vec::new();
     for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
-        let endpoint = Endpoint::from_url(url).context("bad --url")?;
+        let mut endpoint = Endpoint::from_url(url).context("bad --url")?;
+        if let Some(a) = &auth {
+            endpoint = endpoint.with_header(hyper::header::AUTHORIZATION, a.clone());
+        }
         let host = HeaderValue::from_str(endpoint.authority())
             .map_err(|_| anyhow!("bad --url: bad host in {url:?}"))?;
         nodes.push(NodeTarget {
@@ -216,6 +226,7 @@ fn parse_urls(urls: &str) -> anyhow::Result<Vec<NodeTarget>> {
             target: Target {
                 authority: endpoint.authority().to_owned(),
                 host,
+                auth: auth.clone(),
             },
             endpoint: Arc::new(endpoint),
         });
@@ -361,7 +372,7 @@ async fn join_workers(handles: Vec<JoinHandle<Worker>>) -> anyhow::Result<Vec<Wo
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let nodes = parse_urls(&args.url)?;
+    let nodes = parse_urls(&args.url, args.token.as_deref())?;
     if args.duration.is_some_and(|d| d.is_zero()) {
         bail!("--duration must be more than 0");
     }
@@ -645,9 +656,9 @@ mod tests {
         assert!(parse_rate("0").is_err());
         assert!(parse_rate("inf").is_err());
         assert!(parse_positive("0").is_err());
-        assert!(parse_urls("http://127.0.0.1:1,,http://[::1]:2").is_ok());
-        assert!(parse_urls("localhost").is_err());
-        assert!(parse_urls("https://a:1").is_err());
-        assert!(parse_urls(",").is_err());
+        assert!(parse_urls("http://127.0.0.1:1,,http://[::1]:2", None).is_ok());
+        assert!(parse_urls("localhost", None).is_err());
+        assert!(parse_urls("https://a:1", None).is_err());
+        assert!(parse_urls(",", None).is_err());
     }
 }

@@ -9,10 +9,10 @@ use bytes::Bytes;
 use hyper::StatusCode;
 use tokio::io::AsyncReadExt;
 
-use crate::client::Client;
+use super::Target;
 
-pub async fn get(url: &str, key: &str) -> anyhow::Result<()> {
-    let reply = Client::new(url)?.get(key).await?;
+pub async fn get(target: &Target, key: &str) -> anyhow::Result<()> {
+    let reply = target.client()?.get(key).await?;
     match reply.status {
         StatusCode::OK => {
             let mut out = std::io::stdout().lock();
@@ -26,13 +26,13 @@ pub async fn get(url: &str, key: &str) -> anyhow::Result<()> {
 }
 
 pub async fn put(
-    url: &str,
+    target: &Target,
     key: &str,
     value: Option<String>,
     file: Option<PathBuf>,
     content_type: Option<String>,
 ) -> anyhow::Result<()> {
-    let client = Client::new(url)?;
+    let client = target.client()?;
     let value = match (value, file) {
         (Some(v), _) => Bytes::from(v),
         (None, Some(path)) => Bytes::from(
@@ -67,8 +67,8 @@ pub async fn put(
     }
 }
 
-pub async fn delete(url: &str, key: &str) -> anyhow::Result<()> {
-    let reply = Client::new(url)?.delete(key).await?;
+pub async fn delete(target: &Target, key: &str) -> anyhow::Result<()> {
+    let reply = target.client()?.delete(key).await?;
     match reply.status {
         StatusCode::NO_CONTENT => {
             println!("deleted {key}");
@@ -79,8 +79,8 @@ pub async fn delete(url: &str, key: &str) -> anyhow::Result<()> {
     }
 }
 
-pub async fn list(url: &str, prefix: &str) -> anyhow::Result<()> {
-    let client = Client::new(url)?;
+pub async fn list(target: &Target, prefix: &str) -> anyhow::Result<()> {
+    let client = target.client()?;
     let mut cursor: Option<String> = None;
     let mut out = std::io::stdout().lock();
     loop {

@@ -85,24 +85,34 @@ pub struct Target {
     /// until one answers.
     #[arg(long, env = "RIPPLE_URL", default_value = "http://127.0.0.1:7070")]
     pub url: String,
+    /// Bearer token, for nodes with auth on.
+    #[arg(long, env = "RIPPLE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl Target {
+    /// A client for these nodes, with the token.
+    pub fn client(&self) -> anyhow::Result<crate::client::Client> {
+        crate::client::Client::with_token(&self.url, self.token.as_deref())
+    }
 }
 
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
-        Command::Get { key, target } => kv::get(&target.url, &key).await,
+        Command::Get { key, target } => kv::get(&target, &key).await,
         Command::Put {
             key,
             value,
             file,
             content_type,
             target,
-        } => kv::put(&target.url, &key, value, file, content_type).await,
-        Command::Delete { key, target } => kv::delete(&target.url, &key).await,
-        Command::List { prefix, target } => kv::list(&target.url, &prefix).await,
-        Command::Status { json, target } => status::status(&target.url, json).await,
-        Command::Sync { timeout_ms, target } => status::sync(&target.url, timeout_ms).await,
+        } => kv::put(&target, &key, value, file, content_type).await,
+        Command::Delete { key, target } => kv::delete(&target, &key).await,
+        Command::List { prefix, target } => kv::list(&target, &prefix).await,
+        Command::Status { json, target } => status::status(&target, json).await,
+        Command::Sync { timeout_ms, target } => status::sync(&target, timeout_ms).await,
         Command::DevCluster(args) => dev_cluster::run(args).await,
         Command::Bench(args) => bench::run(args).await,
     }

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 
 use crate::cluster::{Members, Peers};
 use crate::config::{Config, Engine};
+use crate::http::auth::Auth;
 use crate::http::{self, AppState};
 use crate::node::{Limits, Node};
 use crate::replication::Replication;
@@ -74,12 +75,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     let members = Members::new(&config.node_id, config.cluster.members.clone());
-    let peers = Arc::new(Peers::new(&members)?);
+    let peers = Arc::new(Peers::new(&members, config.cluster.secret.as_ref())?);
     let repl = Replication::new(node.clone(), members, peers, config.replication.clone());
     repl.start();
     let state = AppState {
         node: node.clone(),
         repl: repl.clone(),
+        auth: Arc::new(Auth::new(
+            config.auth.tokens.clone(),
+            config.cluster.secret.clone(),
+        )),
         public_url: http::base_url(addr),
         max_header_bytes: config.limits.max_header_bytes,
     };

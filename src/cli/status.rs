@@ -7,10 +7,11 @@ use bytes::Bytes;
 use hyper::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::client::Client;
+use super::Target;
 
-pub async fn status(url: &str, json: bool) -> anyhow::Result<()> {
-    let reply = Client::new(url)?
+pub async fn status(target: &Target, json: bool) -> anyhow::Result<()> {
+    let reply = target
+        .client()?
         .request(Method::GET, "/v1/status", &[], Bytes::new())
         .await?;
     if reply.status != StatusCode::OK {
@@ -68,8 +69,9 @@ pub async fn status(url: &str, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn sync(url: &str, timeout_ms: u64) -> anyhow::Result<()> {
-    let reply = Client::new(url)?
+pub async fn sync(target: &Target, timeout_ms: u64) -> anyhow::Result<()> {
+    let reply = target
+        .client()?
         .request(
             Method::POST,
             &format!("/v1/sync?timeout_ms={timeout_ms}"),

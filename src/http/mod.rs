@@ -7,6 +7,7 @@
 //! the ones the router makes itself (unknown path, wrong method) and
 //! oversize headers, which the `guard` middleware rewrites.
 
+pub mod auth;
 pub mod error;
 pub mod forward;
 pub mod internal;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub node: Arc<Node>,
     /// Members, peers and replication state.
     pub repl: Arc<Replication>,
+    /// Who may do what.
+    pub auth: Arc<auth::Auth>,
     /// The URL clients reach this node at, for `Location` when a request
     /// carries no `Host`.
     pub public_url: String,
@@ -110,6 +113,15 @@ async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Respo
             ),
         )
         .into_response();
+    }
+    if let Err(e) = state.auth.check(&req) {
+        let unauthorized = e.status == StatusCode::UNAUTHORIZED;
+        let mut res = e.into_response();
+        if unauthorized {
+            res.headers_mut()
+                .insert(hyper::header::WWW_AUTHENTICATE, auth::challenge());
+        }
+        return res;
     }
     let method = req.method().clone();
     let res = next.run(req).await;

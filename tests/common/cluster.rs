@@ -9,15 +9,17 @@ use std::time::{Duration, Instant};
 use super::proxy::Proxy;
 use super::{Client, Node};
 
-/// Where a node keeps its data: the `[storage]` section of its config for
-/// a given generation (a wiped node starts a new generation, in new tables).
-pub type StorageFn = Box<dyn Fn(usize, u32) -> String + Send + Sync>;
+/// Per-node config for a given generation (a wiped node starts a new
+/// generation, e.g. in new SQL tables): usually a `[storage]` section. It is
+/// appended right after the `[cluster]` members line, so leading keys
+/// (`secret = ...`) land in `[cluster]`.
+pub type NodeFn = Box<dyn Fn(usize, u32) -> String + Send + Sync>;
 
 pub struct Cluster {
     pub nodes: Vec<Node>,
     /// Each node's config without its `[storage]` section.
     configs: Vec<String>,
-    storage: StorageFn,
+    storage: NodeFn,
     generations: Vec<u32>,
     /// (from, to) -> the proxy of that link.
     links: HashMap<(usize, usize), Proxy>,
@@ -40,7 +42,7 @@ impl Cluster {
     }
 
     /// Starts `n` nodes whose storage `storage(i, generation)` describes.
-    pub fn start_with_storage(n: usize, extra: &str, storage: StorageFn) -> Cluster {
+    pub fn start_with_storage(n: usize, extra: &str, storage: NodeFn) -> Cluster {
         let proxy_rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()

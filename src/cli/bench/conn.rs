@@ -19,6 +19,8 @@ use tokio::net::TcpStream;
 pub struct Target {
     pub authority: String,
     pub host: HeaderValue,
+    /// `Authorization` for nodes with auth on.
+    pub auth: Option<HeaderValue>,
 }
 
 /// Why a request got no HTTP answer.
@@ -167,5 +169,9 @@ pub fn request(
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     req.headers_mut().insert(HOST, target.host.clone());
+    if let Some(auth) = &target.auth {
+        req.headers_mut()
+            .insert(hyper::header::AUTHORIZATION, auth.clone());
+    }
     Ok(req)
 }
