@@ -303,8 +303,11 @@ impl Config {
                 r.long_poll_ms
             );
         }
-        if r.replica_timeout_ms == 0 {
-            bail!("replication.replica_timeout_ms must be above 0");
+        if r.replica_timeout_ms == 0 || r.replica_timeout_ms > 600_000 {
+            bail!(
+                "replication.replica_timeout_ms must be between 1 and 600000, not {}",
+                r.replica_timeout_ms
+            );
         }
         if r.gc_interval_secs == 0 {
             bail!("replication.gc_interval_secs must be above 0");

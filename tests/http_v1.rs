@@ -400,7 +400,7 @@ fn conditional_puts_race_to_exactly_one_winner() {
 }
 
 #[test]
-fn etag_header_and_content_type_defaults() {
+fn content_type_is_kept_as_sent() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path());
     let c = node.client();
@@ -428,11 +428,12 @@ fn etag_header_and_content_type_defaults() {
 fn data_survives_a_graceful_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = Node::start(dir.path());
-    rt().block_on(async {
+    let before = rt().block_on(async {
         let c = node.client();
-        c.put("keep", Bytes::from("me"), None).await.unwrap();
+        let r = c.put("keep", Bytes::from("me"), None).await.unwrap();
         c.put("gone", Bytes::from("x"), None).await.unwrap();
         c.delete("gone").await.unwrap();
+        version_ts(&r)
     });
     node.sigterm();
     assert_eq!(
@@ -448,5 +449,12 @@ fn data_survives_a_graceful_restart() {
         // Versions keep increasing across the restart.
         let r = c.put("keep", Bytes::from("again"), None).await.unwrap();
         assert_eq!(r.status, StatusCode::OK);
+        assert!(version_ts(&r) > before);
     });
+}
+
+/// The clock part of a write's ETag.
+fn version_ts(r: &common::Reply) -> u64 {
+    let etag = r.header("etag").unwrap().trim_matches('"');
+    u64::from_str_radix(etag.split('-').next().unwrap(), 16).unwrap()
 }

@@ -314,7 +314,7 @@ fn deletes_never_come_back(setup: Setup) {
     // waits for every peer.
     let Some(mut cluster) = start(
         3,
-        "[replication]\ntombstone_grace_secs = 0\ngc_interval_secs = 1\n",
+        "[replication]\ntombstone_grace_secs = 0\ngc_interval_secs = 1\nlong_poll_ms = 1000\n",
         setup,
     ) else {
         return;
@@ -355,11 +355,11 @@ fn deletes_never_come_back(setup: Setup) {
             assert!(start.elapsed() < CONVERGE, "tombstones never collected");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        // A write after the delete is a new value, not a resurrection.
         cluster.converge_to(&expected, CONVERGE).await;
     });
-    // A node restarted from its old files does not bring the key back.
-    cluster.restart(1);
+    // The node that held the old value, restarted from its files after the
+    // tombstones went, does not bring the key back.
+    cluster.restart(2);
     runtime.block_on(async {
         let mut expected = BTreeMap::new();
         expected.insert(keep.clone(), b"kept".to_vec());
@@ -375,6 +375,53 @@ async fn status(cluster: &Cluster, i: usize) -> serde_json::Value {
         .unwrap();
     assert_eq!(r.status, StatusCode::OK);
     serde_json::from_slice(&r.body).unwrap()
+}
+
+/// Invariant 3: a replica killed while it applies a stream of changes
+/// resumes from a cursor that never passed anything it had not stored.
+fn a_replica_killed_while_applying_misses_nothing(setup: Setup) {
+    let Some(mut cluster) = start(3, "[replication]\nbatch_max_records = 50\n", setup) else {
+        return;
+    };
+    let runtime = rt();
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let c = cluster.client(w % 2);
+            runtime.spawn(async move {
+                let mut acked = BTreeMap::new();
+                for i in 0..400 {
+                    let key = format!("stream{w}-{i}");
+                    match c.put(&key, Bytes::from(key.clone()), None).await {
+                        Ok(r) if r.status.is_success() => {
+                            acked.insert(key.clone(), key.into_bytes());
+                        }
+                        _ => {}
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    // Kill n3 twice while the stream is flowing into it.
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(400));
+        cluster.kill9(2);
+        cluster.restart(2);
+    }
+    runtime.block_on(async {
+        let mut acked = BTreeMap::new();
+        for w in writers {
+            acked.extend(w.await.unwrap());
+        }
+        assert!(acked.len() > 1000, "the stream ran: {}", acked.len());
+        // Every node ends identical, holding every acknowledged write (and
+        // perhaps a write whose answer the kill cut off).
+        let state = cluster.converge(CONVERGE).await;
+        for (key, value) in &acked {
+            assert_eq!(state.get(key), Some(value), "{key} missing");
+        }
+        assert!(state.keys().all(|k| k.starts_with("stream")));
+    });
 }
 
 fn replicas_all_and_consistency_master_are_immediate(setup: Setup) {
@@ -706,6 +753,7 @@ macro_rules! on_both {
 
 on_both!(
     writes_through_every_node_converge_on_every_node,
+    a_replica_killed_while_applying_misses_nothing,
     a_killed_node_misses_writes_and_catches_up,
     a_wiped_node_refills_from_its_peers,
     a_partition_heals_and_converges,

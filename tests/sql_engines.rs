@@ -247,3 +247,95 @@ fn sql_config_errors_are_clear() {
         assert!(err.contains(expect), "{config}: {err}");
     }
 }
+
+#[test]
+fn mysql_refuses_a_value_limit_its_packet_limit_cannot_take() {
+    let Some(server) = DbServer::start(Kind::MariaDb) else {
+        return;
+    };
+    server.create_database("nodes");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ripple.toml");
+    // The test server's max_allowed_packet is 64 MiB.
+    std::fs::write(
+        &config,
+        format!(
+            "{}\n[limits]\nmax_value_bytes = 100000000\n",
+            storage_section(&server, "nodes", "big")
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::bin())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_allowed_packet"), "{err}");
+}
+
+/// One batch the database refuses fails alone: the batches that shared its
+/// group commit are retried on their own and succeed.
+#[test]
+fn a_refused_batch_does_not_fail_its_group() {
+    use ripple::storage::sql::{Dialect, SqlEngine};
+    use ripple::storage::{Batch, Record, Storage, Version};
+    let Some(server) = DbServer::start(Kind::MariaDb) else {
+        return;
+    };
+    server.create_database("groups");
+    let url = server.url("groups");
+    rt().block_on(async {
+        let engine = std::sync::Arc::new(
+            SqlEngine::open(Dialect::MySql, &url, "groups", 4, Duration::from_secs(10))
+                .await
+                .unwrap(),
+        );
+        let record = |key: &str, ct_len: usize, ts: u64| Record {
+            key: key.into(),
+            value: Bytes::from("v"),
+            content_type: "x".repeat(ct_len),
+            version: Version {
+                ts,
+                node: "n1".into(),
+            },
+            tombstone: false,
+        };
+        for round in 0..5u64 {
+            let mut tasks = Vec::new();
+            for i in 0..20u64 {
+                let engine = engine.clone();
+                // Batch 7 carries a content type longer than the column.
+                let ct = if i == 7 { 5000 } else { 10 };
+                let r = record(&format!("r{round}-{i}"), ct, round * 100 + i + 1);
+                tasks.push(tokio::spawn(async move {
+                    engine
+                        .apply(Batch {
+                            records: vec![r],
+                            cursor: None,
+                        })
+                        .await
+                }));
+            }
+            for (i, t) in tasks.into_iter().enumerate() {
+                let result = t.await.unwrap();
+                if i == 7 {
+                    assert!(result.is_err(), "the bad batch fails");
+                } else {
+                    assert!(
+                        result.is_ok(),
+                        "batch {i} failed with the bad one: {result:?}"
+                    );
+                }
+            }
+        }
+        let keys = engine.list_keys("", None, 1000).await.unwrap();
+        assert_eq!(keys.len(), 5 * 19);
+    });
+}

@@ -57,7 +57,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let sql = |dialect| async move {
         let url = s.url.as_deref().unwrap_or_default();
         let patience = std::time::Duration::from_secs(s.connect_timeout_secs);
-        SqlEngine::open(dialect, url, &s.table, s.pool_size, patience).await
+        let engine = SqlEngine::open(dialect, url, &s.table, s.pool_size, patience).await?;
+        engine
+            .check_value_limit(dialect, config.limits.max_value_bytes)
+            .await?;
+        anyhow::Ok(engine)
     };
     let storage: Arc<dyn Storage> = match s.engine {
         Engine::Embedded => Arc::new(Embedded::open(&config.data_dir)?),

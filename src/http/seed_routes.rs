@@ -206,7 +206,8 @@ async fn store(State(state): State<AppState>, req: Request) -> Response {
         let (canonical, key) = seed_key(parts.uri.path())?;
         state.node.check_key(&key)?;
         let value = read_body(body, &parts.headers, state.node.limits().max_value_bytes).await?;
-        if let Some(res) = forward::to_master(&state, &key, &parts, value.clone(), None).await {
+        let wait = write_options(&state, canonical).master_wait(&state);
+        if let Some(res) = forward::to_master(&state, &key, &parts, value.clone(), wait).await {
             return Ok(Err(res));
         }
         let content_type = parts
@@ -250,7 +251,8 @@ async fn delete(State(state): State<AppState>, req: Request) -> Response {
     let result = async {
         let (canonical, key) = seed_key(parts.uri.path())?;
         state.node.check_key(&key)?;
-        if let Some(res) = forward::to_master(&state, &key, &parts, Bytes::new(), None).await {
+        let wait = write_options(&state, canonical).master_wait(&state);
+        if let Some(res) = forward::to_master(&state, &key, &parts, Bytes::new(), wait).await {
             return Ok(Some(res));
         }
         let outcome = state

@@ -49,6 +49,15 @@ pub struct WriteOptions {
 }
 
 impl WriteOptions {
+    /// How long the master may spend waiting for replicas: what a node
+    /// forwarding the write must allow on top of a plain request.
+    pub fn master_wait(&self, state: &AppState) -> Option<Duration> {
+        (self.replicas > 0).then(|| {
+            self.timeout
+                .unwrap_or(Duration::from_millis(state.repl.config.replica_timeout_ms))
+        })
+    }
+
     /// Parses a write's query string.
     pub fn parse(state: &AppState, query: Option<&str>) -> Result<WriteOptions, ApiError> {
         let mut opts = WriteOptions::default();
@@ -219,7 +228,15 @@ pub async fn put(State(state): State<AppState>, req: Request) -> Result<Response
             .to_owned(),
     };
     let value = read_body(body, &parts.headers, state.node.limits().max_value_bytes).await?;
-    if let Some(res) = forward::to_master(&state, &key, &parts, value.clone(), opts.timeout).await {
+    if let Some(res) = forward::to_master(
+        &state,
+        &key,
+        &parts,
+        value.clone(),
+        opts.master_wait(&state),
+    )
+    .await
+    {
         return Ok(res);
     }
     let outcome = state.node.put(&key, value, content_type, &pre).await?;
@@ -250,8 +267,14 @@ pub async fn delete(State(state): State<AppState>, req: Request) -> Result<Respo
     state.node.check_key(&key)?;
     let opts = WriteOptions::parse(&state, parts.uri.query())?;
     let pre = preconditions(&parts.headers)?;
-    if let Some(res) =
-        forward::to_master(&state, &key, &parts, bytes::Bytes::new(), opts.timeout).await
+    if let Some(res) = forward::to_master(
+        &state,
+        &key,
+        &parts,
+        bytes::Bytes::new(),
+        opts.master_wait(&state),
+    )
+    .await
     {
         return Ok(res);
     }

@@ -1,15 +1,18 @@
-//! Tombstone collection. A tombstone may leave this node's store once every
-//! peer's cursor on this node's feed has passed it (every peer has applied
-//! the delete, or something newer) and it is older than the grace period.
+//! Tombstone collection. A tombstone may leave this node's store once
+//! (1) every peer's cursor on this node's feed has passed it: every peer
+//! has applied the delete, or something newer;
+//! (2) since (1) was seen, this node's puller on every peer has applied the
+//! answer to a request sent afterwards: an answer a peer made before it
+//! applied the delete (with the old value in it) can no longer be on its
+//! way here, since a puller applies answers in order;
+//! (3) it is older than the grace period, a margin for operators (a node
+//! restored from a backup, clock skew between masters).
 //!
-//! The grace period covers what a cursor cannot see: a feed answer from a
-//! third node still in flight with an older value of the key. Such an
-//! answer is bounded by the request timeout (long poll + 30 s), so the
-//! default grace of one hour leaves a wide margin, and also absorbs clock
-//! skew between the master that wrote the tombstone and this node.
+//! Each pass therefore purges up to the acknowledged seq it saw on the
+//! previous pass, once every puller has completed a round since then.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::Replication;
 
@@ -19,33 +22,55 @@ const PURGE_CHUNK: usize = 10_000;
 /// Collects tombstones every `gc_interval_secs` until replication stops.
 pub async fn run(repl: Arc<Replication>) {
     let interval = Duration::from_secs(repl.config.gc_interval_secs);
+    // The acknowledged seq seen on the previous pass, and when.
+    let mut seen: Option<(u64, Instant)> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = repl.stopped() => return,
         }
-        match collect(&repl).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(purged = n, "tombstones collected"),
-            Err(e) => tracing::warn!(error = %e, "tombstone collection failed"),
+        // Wait, pass after pass, for every puller to finish a round since
+        // the acknowledgements were seen; then purge and look again.
+        if let Some((safe, since)) = seen {
+            if !repl.rounds_done_since(since) {
+                continue;
+            }
+            match collect(&repl, safe).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(purged = n, "tombstones collected"),
+                Err(e) => tracing::warn!(error = %e, "tombstone collection failed"),
+            }
         }
+        let now = Instant::now();
+        seen = match acknowledged(&repl).await {
+            Ok(acked) => Some((acked, now)),
+            Err(e) => {
+                tracing::warn!(error = %e, "tombstone collection failed");
+                None
+            }
+        };
     }
 }
 
-/// One collection pass; returns how many tombstones went.
-pub async fn collect(repl: &Replication) -> Result<usize, crate::storage::StorageError> {
-    let storage = repl.node.storage();
+/// The seq every peer has applied this node's feed up to (this node's last
+/// seq when it has no peers). A peer not heard from since start counts as 0.
+async fn acknowledged(repl: &Replication) -> Result<u64, crate::storage::StorageError> {
     let acks = repl.acks();
-    // A peer never heard from since this node started counts as 0.
-    let safe = repl
+    match repl
         .members
         .peers()
         .map(|m| acks.get(&m.id).copied().unwrap_or(0))
-        .min();
-    let safe = match safe {
-        Some(s) => s,
-        None => storage.last_seq().await?,
-    };
+        .min()
+    {
+        Some(s) => Ok(s),
+        None => repl.node.storage().last_seq().await,
+    }
+}
+
+/// Purges tombstones up to `safe` that are older than the grace period;
+/// returns how many went.
+pub async fn collect(repl: &Replication, safe: u64) -> Result<usize, crate::storage::StorageError> {
+    let storage = repl.node.storage();
     let grace_ms = repl.config.tombstone_grace_secs.saturating_mul(1000);
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -37,6 +37,9 @@ pub struct PullStatus {
     /// Since when this node has been behind the peer, if it is.
     pub behind_since: Option<Instant>,
     pub last_error: Option<String>,
+    /// When the latest request whose answer is fully applied was sent: any
+    /// answer the peer made before then has been applied here.
+    pub applied_round: Option<Instant>,
 }
 
 /// One puller's shared state.
@@ -148,6 +151,14 @@ impl Replication {
 
     pub(crate) fn pull(&self, peer: &str) -> Option<&Arc<Pull>> {
         self.pulls.get(peer)
+    }
+
+    /// Whether every puller has applied the answer to a request it sent
+    /// after `t` (so no answer made before `t` is still on its way).
+    pub fn rounds_done_since(&self, t: Instant) -> bool {
+        self.pulls
+            .values()
+            .all(|p| p.status.borrow().applied_round.is_some_and(|r| r >= t))
     }
 
     /// Records that `peer` has durably applied this node's feed up to `seq`.

@@ -36,6 +36,7 @@ pub async fn run(repl: Arc<Replication>, peer: String) {
             from: Some(repl.members.self_id().to_owned()),
             feed: feed_id,
         };
+        let sent = Instant::now();
         let result = tokio::select! {
             r = feed::fetch(&repl.peers, &peer, &q) => r,
             _ = repl.stopped() => break,
@@ -97,6 +98,7 @@ pub async fn run(repl: Arc<Replication>, peer: String) {
             s.last_error = None;
             s.cursor = cursor;
             s.peer_last_seq = answer.last_seq.max(cursor);
+            s.applied_round = Some(sent);
             if cursor >= answer.last_seq {
                 s.behind_since = None;
             } else {

@@ -108,10 +108,15 @@ fn other(e: impl std::fmt::Display) -> StorageError {
 fn writer_loop(db: &Database, mut queue: Queue) {
     while let Some(work) = queue.blocking_next() {
         match work {
-            Work::Commit(group) => {
-                let result = commit_group(db, &group.batches);
-                group.answer(result);
-            }
+            Work::Commit(group) => match commit_group(db, &group.batches) {
+                Err(e) if group.should_split(&e) => {
+                    for one in group.split() {
+                        let result = commit_group(db, std::slice::from_ref(&one.batch));
+                        one.answer(result);
+                    }
+                }
+                result => group.answer(result),
+            },
             Work::Purge(job) => {
                 let p = job.purge;
                 job.answer(purge(db, p.max_seq, p.older_than_ts, p.limit));
@@ -197,22 +202,24 @@ fn purge(db: &Database, max_seq: u64, older_than_ts: u64, limit: usize) -> Resul
         let mut records = txn.open_table(RECORDS).map_err(other)?;
         let mut feed = txn.open_table(FEED).map_err(other)?;
         let mut tombstones = txn.open_table(TOMBSTONES).map_err(other)?;
+        // Old enough ones only count towards the limit: young ones in front
+        // must not hide older ones behind them.
         let mut victims = Vec::new();
         for item in tombstones.range(..=max_seq).map_err(other)? {
             if victims.len() >= limit {
                 break;
             }
             let (seq, key) = item.map_err(other)?;
-            victims.push((seq.value(), key.value().to_owned()));
-        }
-        for (seq, key) in victims {
-            let ts = match records.get(key.as_str()).map_err(other)? {
-                Some(bytes) => codec::decode_header(&key, bytes.value())?.1.ts,
+            let key = key.value();
+            let ts = match records.get(key).map_err(other)? {
+                Some(bytes) => codec::decode_header(key, bytes.value())?.1.ts,
                 None => 0,
             };
-            if ts >= older_than_ts {
-                continue;
+            if ts < older_than_ts {
+                victims.push((seq.value(), key.to_owned()));
             }
+        }
+        for (seq, key) in victims {
             records.remove(key.as_str()).map_err(other)?;
             feed.remove(seq).map_err(other)?;
             tombstones.remove(seq).map_err(other)?;

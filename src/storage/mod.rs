@@ -133,7 +133,8 @@ pub trait Storage: Send + Sync + 'static {
     /// The stored cursor for `peer` (0 when none).
     async fn cursor(&self, peer: &str) -> Result<u64>;
 
-    /// Flushes and releases the engine. Later calls fail with `Unavailable`.
+    /// Flushes and releases the engine. Later writes fail with
+    /// `Unavailable`; reads may still answer.
     async fn close(&self) -> Result<()>;
 }
 

@@ -164,9 +164,10 @@ impl Sql {
                 ),
             },
             tombstones_oldest: format!(
-                "SELECT k, seq, version_ts FROM {t} WHERE tombstone = 1 AND seq <= {} ORDER BY seq LIMIT {}",
+                "SELECT k, seq, version_ts FROM {t} WHERE tombstone = 1 AND seq <= {} AND version_ts < {} ORDER BY seq LIMIT {}",
                 p(1),
-                p(2)
+                p(2),
+                p(3)
             ),
             tombstone_count: format!("SELECT COUNT(*) FROM {t} WHERE tombstone = 1"),
             delete_row: format!("DELETE FROM {t} WHERE k = {} AND seq = {}", p(1), p(2)),
@@ -249,6 +250,29 @@ impl SqlEngine {
         })
     }
 
+    /// Refuses to run when the database cannot take a value of
+    /// `max_value_bytes` (MySQL's `max_allowed_packet`), so such a write
+    /// fails at start-up rather than on every node that replicates it.
+    pub async fn check_value_limit(&self, dialect: Dialect, max_value_bytes: usize) -> Result<()> {
+        if dialect != Dialect::MySql {
+            return Ok(()); // PostgreSQL takes up to 1 GB in a bytea.
+        }
+        let packet: i64 = sqlx::query(safe("SELECT CAST(@@max_allowed_packet AS SIGNED)"))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err)?
+            .try_get(0)
+            .map_err(db_err)?;
+        // A write's packet holds the value plus its key and the statement.
+        let needed = max_value_bytes as i64 + 64 * 1024;
+        if packet < needed {
+            return Err(StorageError::Other(format!(
+                "the database's max_allowed_packet is {packet} bytes, too small for limits.max_value_bytes = {max_value_bytes}: raise max_allowed_packet to at least {needed} (e.g. max_allowed_packet=64M in the server's config) or lower max_value_bytes"
+            )));
+        }
+        Ok(())
+    }
+
     async fn meta(&self, name: &str) -> Result<u64> {
         let row = sqlx::query(safe(&self.sql.meta_get))
             .bind(name)
@@ -315,10 +339,16 @@ async fn migrate(pool: &AnyPool, sql: &Sql, table: &str) -> Result<()> {
 async fn writer_task(pool: AnyPool, sql: std::sync::Arc<Sql>, mut queue: Queue) {
     while let Some(work) = queue.next().await {
         match work {
-            Work::Commit(group) => {
-                let result = commit_group(&pool, &sql, &group.batches).await;
-                group.answer(result);
-            }
+            Work::Commit(group) => match commit_group(&pool, &sql, &group.batches).await {
+                Err(e) if group.should_split(&e) => {
+                    for one in group.split() {
+                        let result =
+                            commit_group(&pool, &sql, std::slice::from_ref(&one.batch)).await;
+                        one.answer(result);
+                    }
+                }
+                result => group.answer(result),
+            },
             Work::Purge(job) => {
                 let result = purge(&pool, &sql, job.purge).await;
                 job.answer(result);
@@ -433,6 +463,7 @@ async fn purge(pool: &AnyPool, sql: &Sql, p: Purge) -> Result<usize> {
         .map_err(db_err)?;
     let rows = sqlx::query(safe(&sql.tombstones_oldest))
         .bind(p.max_seq.min(i64::MAX as u64) as i64)
+        .bind(p.older_than_ts.min(i64::MAX as u64) as i64)
         .bind(p.limit as i64)
         .fetch_all(&mut *tx)
         .await

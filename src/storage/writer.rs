@@ -61,6 +61,40 @@ impl Group {
     }
 }
 
+impl Group {
+    /// Whether a failed commit should be retried batch by batch: one bad
+    /// batch (say, a record the database refuses) must not fail the others
+    /// that happened to share its transaction. An unreachable store fails
+    /// them all anyway.
+    pub fn should_split(&self, e: &StorageError) -> bool {
+        self.batches.len() > 1 && !matches!(e, StorageError::Unavailable(_))
+    }
+
+    /// Each batch with its own caller, to commit alone.
+    pub fn split(self) -> Vec<Single> {
+        self.batches
+            .into_iter()
+            .zip(self.replies)
+            .map(|(batch, reply)| Single { batch, reply })
+            .collect()
+    }
+}
+
+/// One batch of a split group.
+pub struct Single {
+    pub batch: Batch,
+    reply: oneshot::Sender<Result<Vec<Applied>>>,
+}
+
+impl Single {
+    /// Answers with the result of committing this batch alone (as a group
+    /// of one).
+    pub fn answer(self, result: Result<Vec<Vec<Applied>>>) {
+        let result = result.map(|mut r| r.pop().unwrap_or_default());
+        let _ = self.reply.send(result);
+    }
+}
+
 /// A purge, and whom to answer.
 pub struct PurgeJob {
     pub purge: Purge,

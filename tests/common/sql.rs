@@ -291,6 +291,8 @@ impl DbServer {
                     "--skip-grant-tables".into(),
                     "--skip-name-resolve".into(),
                     "--innodb-buffer-pool-size=32M".into(),
+                    // Room for a value of the default max_value_bytes (16 MiB).
+                    "--max-allowed-packet=64M".into(),
                     "--user=root".into(),
                 ];
                 // A watchdog ends the server when this test process ends
