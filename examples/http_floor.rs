@@ -21,7 +21,8 @@ async fn main() -> anyhow::Result<()> {
         let body = body.clone();
         async move { body }
     }));
-    ripple::http::serve(listener, router, 64 << 10, async {
+    let limits = ripple::http::ServerLimits::generous();
+    ripple::http::serve(listener, router.clone(), router, limits, async {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await;

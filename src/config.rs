@@ -121,6 +121,12 @@ pub struct LimitsConfig {
     pub max_value_bytes: usize,
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    #[serde(default = "default_request_timeout_secs")]
+    pub request_timeout_secs: u64,
 }
 
 impl Default for LimitsConfig {
@@ -129,6 +135,9 @@ impl Default for LimitsConfig {
             max_key_bytes: default_max_key_bytes(),
             max_value_bytes: default_max_value_bytes(),
             max_header_bytes: default_max_header_bytes(),
+            max_connections: default_max_connections(),
+            max_in_flight: default_max_in_flight(),
+            request_timeout_secs: default_request_timeout_secs(),
         }
     }
 }
@@ -228,6 +237,15 @@ fn default_max_value_bytes() -> usize {
 fn default_max_header_bytes() -> usize {
     64 << 10
 }
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_max_in_flight() -> usize {
+    512
+}
+fn default_request_timeout_secs() -> u64 {
+    30
+}
 
 /// Largest key a node may be configured to take: percent-encoded (up to
 /// three bytes a byte) it must still fit in a request line.
@@ -287,6 +305,24 @@ impl Config {
         }
         self.validate_storage()?;
         self.validate_auth()?;
+        if l.max_connections == 0 || l.max_connections > 100_000 {
+            bail!(
+                "limits.max_connections must be between 1 and 100000, not {}",
+                l.max_connections
+            );
+        }
+        if l.max_in_flight == 0 || l.max_in_flight > 100_000 {
+            bail!(
+                "limits.max_in_flight must be between 1 and 100000, not {}",
+                l.max_in_flight
+            );
+        }
+        if l.request_timeout_secs == 0 || l.request_timeout_secs > 3600 {
+            bail!(
+                "limits.request_timeout_secs must be between 1 and 3600, not {}",
+                l.request_timeout_secs
+            );
+        }
         let r = &self.replication;
         if r.batch_max_records == 0 || r.batch_max_records > 100_000 {
             bail!(

@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use crate::cluster::{Members, Peers};
 use crate::config::{Config, Engine};
 use crate::http::auth::Auth;
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, ServerLimits};
 use crate::node::{Limits, Node};
 use crate::replication::Replication;
 use crate::storage::embedded::Embedded;
@@ -82,6 +82,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let peers = Arc::new(Peers::new(&members, config.cluster.secret.as_ref())?);
     let repl = Replication::new(node.clone(), members, peers, config.replication.clone());
     repl.start();
+    let l = &config.limits;
+    let server_limits = ServerLimits {
+        max_header_bytes: l.max_header_bytes,
+        max_connections: l.max_connections,
+        max_in_flight: l.max_in_flight,
+        request_timeout: std::time::Duration::from_secs(l.request_timeout_secs),
+    };
     let state = AppState {
         node: node.clone(),
         repl: repl.clone(),
@@ -90,7 +97,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             config.cluster.secret.clone(),
         )),
         public_url: http::base_url(addr),
-        max_header_bytes: config.limits.max_header_bytes,
+        limits: server_limits,
+        in_flight: Arc::new(tokio::sync::Semaphore::new(server_limits.max_in_flight)),
     };
     tracing::info!(node_id = %config.node_id, engine = ?config.storage.engine, "storage open");
     // The one line on stdout: tests and scripts read the bound address here.
@@ -103,8 +111,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     http::serve(
         listener,
-        http::router(state),
-        config.limits.max_header_bytes,
+        http::router(state.clone()),
+        http::shed_router(state),
+        server_limits,
         async {
             shutdown_signal().await;
             // Ends the feed long-polls first, so draining does not wait on them.

@@ -50,7 +50,60 @@ pub struct AppState {
     /// The URL clients reach this node at, for `Location` when a request
     /// carries no `Host`.
     pub public_url: String,
+    pub limits: ServerLimits,
+    /// Permits for requests in flight (`limits.max_in_flight`).
+    pub in_flight: Arc<tokio::sync::Semaphore>,
+}
+
+/// What the server lets one client hold.
+#[derive(Clone, Copy, Debug)]
+pub struct ServerLimits {
+    /// Request line plus headers, in bytes (431 beyond).
     pub max_header_bytes: usize,
+    /// Open connections; past it, new ones get 503 (`/health` still
+    /// answers) and are closed.
+    pub max_connections: usize,
+    /// Requests being served at once, `/health` and node-to-node routes
+    /// aside; past it, 503.
+    pub max_in_flight: usize,
+    /// How long a client may take to send a request body (408 beyond).
+    pub request_timeout: Duration,
+}
+
+impl ServerLimits {
+    /// Room for anything: for tools that embed the server loop.
+    pub fn generous() -> ServerLimits {
+        ServerLimits {
+            max_header_bytes: 64 << 10,
+            max_connections: 100_000,
+            max_in_flight: 100_000,
+            request_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// 503 for a node that is at its limits.
+fn overloaded(what: &str) -> Response {
+    let mut res = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        format!("this node is at its limit of {what}; retry shortly"),
+    )
+    .into_response();
+    res.headers_mut().insert(
+        hyper::header::RETRY_AFTER,
+        hyper::header::HeaderValue::from_static("1"),
+    );
+    res
+}
+
+/// The router for connections past `max_connections`: `/health` answers,
+/// everything else is 503, and the connection closes.
+pub fn shed_router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .fallback(|| async { overloaded("open connections") })
+        .with_state(state)
 }
 
 /// Most header fields a request may carry.
@@ -101,15 +154,15 @@ async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Respo
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum::<usize>()
-        + req.uri().to_string().len();
-    if header_bytes > state.max_header_bytes || headers.len() > MAX_HEADERS {
+        + req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if header_bytes > state.limits.max_header_bytes || headers.len() > MAX_HEADERS {
         return ApiError::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "headers_too_large",
             format!(
                 "the request line and headers take {header_bytes} bytes in {} fields; the limits are {} bytes and {MAX_HEADERS} fields",
                 headers.len(),
-                state.max_header_bytes
+                state.limits.max_header_bytes
             ),
         )
         .into_response();
@@ -123,6 +176,15 @@ async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Respo
         }
         return res;
     }
+    let path = req.uri().path();
+    let _permit = if path == "/health" || path.starts_with("/internal/") {
+        None
+    } else {
+        match state.in_flight.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => return overloaded("requests in flight"),
+        }
+    };
     let method = req.method().clone();
     let res = next.run(req).await;
     if res.status() == StatusCode::METHOD_NOT_ALLOWED && !res.headers().contains_key(CONTENT_TYPE) {
@@ -182,8 +244,29 @@ pub fn parse_query(query: Option<&str>) -> Result<Vec<(String, String)>, ApiErro
 /// connection. Past this the connection is closed.
 const DRAIN_LIMIT: usize = 64 << 20;
 
-/// Reads a request body of at most `limit` bytes; 413 beyond that.
+/// Reads a request body of at most `max_value_bytes`, within the request
+/// timeout: 413 beyond the size, 408 beyond the time.
 pub async fn read_body(
+    state: &AppState,
+    body: Body,
+    headers: &HeaderMap,
+) -> Result<Bytes, ApiError> {
+    let timeout = state.limits.request_timeout;
+    let limit = state.node.limits().max_value_bytes;
+    match tokio::time::timeout(timeout, read_body_within(body, headers, limit)).await {
+        Ok(result) => result,
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {} s",
+                timeout.as_secs()
+            ),
+        )),
+    }
+}
+
+async fn read_body_within(
     mut body: Body,
     headers: &HeaderMap,
     limit: usize,
@@ -247,15 +330,24 @@ pub fn preconditions(headers: &HeaderMap) -> Result<Preconditions, ApiError> {
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then stops
-/// accepting and waits for in-flight requests to finish.
+/// accepting and waits for in-flight requests to finish. Connections past
+/// `limits.max_connections` are served by `shed` (one request, then closed);
+/// past four times that (at least 256 more), they are closed at once.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
-    max_header_bytes: usize,
+    shed: Router,
+    limits: ServerLimits,
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let service = hyper_util::service::TowerToHyperService::new(router);
+    let shed_service = hyper_util::service::TowerToHyperService::new(shed);
+    let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    // Shed connections take one request and close: many may wait at once.
+    let shedding = Arc::new(tokio::sync::Semaphore::new(
+        (limits.max_connections * 4).max(256),
+    ));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -263,8 +355,12 @@ pub async fn serve(
         .keep_alive(true)
         // Leave room past the limit so `guard` can answer oversize headers
         // with JSON; hyper itself refuses what goes beyond this.
-        .max_buf_size((max_header_bytes * 2).max(64 << 10))
+        .max_buf_size((limits.max_header_bytes * 2).max(64 << 10))
         .max_headers(MAX_HEADERS * 2);
+    let mut shed_builder = builder.clone();
+    shed_builder
+        .keep_alive(false)
+        .header_read_timeout(Duration::from_secs(5));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -279,13 +375,24 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let conn = builder.serve_connection(TokioIo::new(stream), service.clone());
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                });
+                let io = TokioIo::new(stream);
+                if let Ok(permit) = open.clone().try_acquire_owned() {
+                    let conn = graceful.watch(builder.serve_connection(io, service.clone()));
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                        drop(permit);
+                    });
+                } else if let Ok(permit) = shedding.clone().try_acquire_owned() {
+                    let conn = graceful.watch(shed_builder.serve_connection(io, shed_service.clone()));
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                        drop(permit);
+                    });
+                } else {
+                    tracing::debug!(%peer, "connection refused: too many open");
+                }
             }
             _ = &mut shutdown => break,
         }

@@ -205,7 +205,7 @@ async fn store(State(state): State<AppState>, req: Request) -> Response {
     let result = async {
         let (canonical, key) = seed_key(parts.uri.path())?;
         state.node.check_key(&key)?;
-        let value = read_body(body, &parts.headers, state.node.limits().max_value_bytes).await?;
+        let value = read_body(&state, body, &parts.headers).await?;
         let wait = write_options(&state, canonical).master_wait(&state);
         if let Some(res) = forward::to_master(&state, &key, &parts, value.clone(), wait).await {
             return Ok(Err(res));

@@ -227,7 +227,7 @@ pub async fn put(State(state): State<AppState>, req: Request) -> Result<Response
             })?
             .to_owned(),
     };
-    let value = read_body(body, &parts.headers, state.node.limits().max_value_bytes).await?;
+    let value = read_body(&state, body, &parts.headers).await?;
     if let Some(res) = forward::to_master(
         &state,
         &key,
