@@ -527,6 +527,18 @@ async fn feed_id_is_stable_and_nonzero(h: &dyn Harness) {
     );
 }
 
+async fn a_new_feed_id_is_kept(h: &dyn Harness) {
+    let s = h.open().await;
+    let old = s.feed_id().await.unwrap();
+    let new = s.new_feed_id().await.unwrap();
+    assert_ne!(new, old);
+    assert_ne!(new, 0);
+    assert_eq!(s.feed_id().await.unwrap(), new);
+    s.close().await.unwrap();
+    drop(s);
+    assert_eq!(h.open().await.feed_id().await.unwrap(), new);
+}
+
 /// Runs the whole suite on one engine; each case gets a fresh store.
 macro_rules! conformance {
     ($engine:ident, $harness:expr) => {
@@ -550,6 +562,7 @@ macro_rules! conformance {
                 apply_is_idempotent_and_order_insensitive,
                 purge_takes_only_old_covered_tombstones,
                 feed_id_is_stable_and_nonzero,
+                a_new_feed_id_is_kept,
             );
         }
     };

@@ -81,6 +81,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let members = Members::new(&config.node_id, config.cluster.members.clone());
     let peers = Arc::new(Peers::new(&members, config.cluster.secret.as_ref())?);
     let repl = Replication::new(node.clone(), members, peers, config.replication.clone());
+    repl.check_feed_not_behind().await?;
     repl.start();
     let l = &config.limits;
     let server_limits = ServerLimits {

@@ -57,7 +57,19 @@ pub struct FeedAnswer {
 /// Serves a feed request.
 pub async fn read(repl: &Replication, q: &FeedQuery) -> Result<FeedAnswer, StorageError> {
     let storage = repl.node.storage();
-    let feed_id = storage.feed_id().await?;
+    let mut feed_id = storage.feed_id().await?;
+    if q.feed == feed_id && q.after > storage.last_seq().await? {
+        // The asker has applied more of this feed than it holds: the store
+        // went back in time (restored from a backup). Start a new feed, so
+        // every peer follows it from the beginning instead of skipping the
+        // seqs it will take again.
+        feed_id = storage.new_feed_id().await?;
+        tracing::warn!(
+            peer = q.from.as_deref().unwrap_or("?"),
+            after = q.after,
+            "a peer is ahead of this node's feed (restored from a backup?): started a new feed"
+        );
+    }
     if q.feed != feed_id || q.limit == 0 {
         // A cursor for another feed, or only the headers asked for.
         return Ok(FeedAnswer {

@@ -134,6 +134,51 @@ impl Replication {
         tokio::spawn(gc::run(self.clone()));
     }
 
+    /// At start, before serving: when a reachable peer has applied more of
+    /// this node's feed than the store holds (it was restored from a
+    /// backup), starts a new feed so peers follow it from the beginning
+    /// rather than skip the seqs it is about to take again. The feed answer
+    /// checks the same on every request; this closes the window before the
+    /// first one.
+    pub async fn check_feed_not_behind(&self) -> Result<(), crate::storage::StorageError> {
+        let last_seq = self.node.storage().last_seq().await?;
+        let me = self.members.self_id().to_owned();
+        let asks = self.members.peers().map(|m| {
+            let peers = self.peers.clone();
+            let id = m.id.clone();
+            let me = me.clone();
+            async move {
+                let reply = peers
+                    .send(
+                        &id,
+                        hyper::Method::GET,
+                        "/v1/status",
+                        &[],
+                        bytes::Bytes::new(),
+                        Duration::from_secs(2),
+                    )
+                    .await
+                    .ok()?;
+                let status: serde_json::Value = serde_json::from_slice(&reply.body).ok()?;
+                status["members"]
+                    .as_array()?
+                    .iter()
+                    .find(|m| m["id"] == me.as_str())?["cursor"]
+                    .as_u64()
+            }
+        });
+        let cursors: Vec<Option<u64>> = futures_join_all(asks).await;
+        if let Some(ahead) = cursors.into_iter().flatten().find(|c| *c > last_seq) {
+            let id = self.node.storage().new_feed_id().await?;
+            tracing::warn!(
+                peer_cursor = ahead,
+                last_seq,
+                "a peer is ahead of this node's feed (restored from a backup?): started feed {id:016x}"
+            );
+        }
+        Ok(())
+    }
+
     /// Stops the pullers and the collector (in-flight applies finish).
     pub fn stop(&self) {
         self.stop.send_replace(true);
@@ -299,4 +344,22 @@ impl Replication {
             })
             .collect()
     }
+}
+
+/// Runs futures concurrently and collects their outputs, in order.
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F: Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        if let Ok(v) = h.await {
+            out.push(v);
+        }
+    }
+    out
 }

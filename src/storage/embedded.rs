@@ -309,6 +309,22 @@ impl Storage for Embedded {
         self.read_meta(FEED_ID)
     }
 
+    async fn new_feed_id(&self) -> Result<u64> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let id = super::random_feed_id();
+            let txn = db.begin_write().map_err(other)?;
+            txn.open_table(META)
+                .map_err(other)?
+                .insert(FEED_ID, id)
+                .map_err(other)?;
+            txn.commit().map_err(other)?;
+            Ok(id)
+        })
+        .await
+        .map_err(other)?
+    }
+
     async fn last_seq(&self) -> Result<u64> {
         self.read_meta(LAST_SEQ)
     }

@@ -110,6 +110,11 @@ pub trait Storage: Send + Sync + 'static {
     /// was for another feed id (this node's data was wiped) starts over.
     async fn feed_id(&self) -> Result<u64>;
 
+    /// Draws a new feed id and keeps it: peers then follow this node's
+    /// feed from the start. For a store whose feed went back in time (it
+    /// was restored from a backup), where peers' cursors point past its end.
+    async fn new_feed_id(&self) -> Result<u64>;
+
     /// The highest seq taken so far (0 when nothing was ever stored).
     async fn last_seq(&self) -> Result<u64>;
 

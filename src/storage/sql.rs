@@ -600,6 +600,17 @@ impl Storage for SqlEngine {
         self.meta("feed_id").await
     }
 
+    async fn new_feed_id(&self) -> Result<u64> {
+        let id = super::random_feed_id();
+        sqlx::query(safe(&self.sql.meta_set))
+            .bind(id as i64)
+            .bind("feed_id")
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(id)
+    }
+
     async fn last_seq(&self) -> Result<u64> {
         self.meta("last_seq").await
     }
