@@ -167,7 +167,7 @@ impl Replication {
                     .as_u64()
             }
         });
-        let cursors: Vec<Option<u64>> = futures_join_all(asks).await;
+        let cursors: Vec<Option<u64>> = join_all(asks).await;
         if let Some(ahead) = cursors.into_iter().flatten().find(|c| *c > last_seq) {
             let id = self.node.storage().new_feed_id().await?;
             tracing::warn!(
@@ -244,22 +244,12 @@ impl Replication {
     /// Pulls from every peer now and waits until this node has applied
     /// each reachable peer's feed up to where it stood when the sync began.
     pub async fn sync(self: &Arc<Self>, timeout: Duration) -> Vec<SyncResult> {
-        let tasks: Vec<_> = self
-            .members
-            .peers()
-            .map(|m| {
-                let this = self.clone();
-                let id = m.id.clone();
-                tokio::spawn(async move { this.sync_peer(&id, timeout).await })
-            })
-            .collect();
-        let mut out = Vec::new();
-        for t in tasks {
-            if let Ok(r) = t.await {
-                out.push(r);
-            }
-        }
-        out
+        let syncs = self.members.peers().map(|m| {
+            let this = self.clone();
+            let id = m.id.clone();
+            async move { this.sync_peer(&id, timeout).await }
+        });
+        join_all(syncs).await
     }
 
     async fn sync_peer(&self, id: &str, timeout: Duration) -> SyncResult {
@@ -346,12 +336,11 @@ impl Replication {
     }
 }
 
-/// Runs futures concurrently and collects their outputs, in order.
-async fn futures_join_all<F: std::future::Future>(
-    futures: impl Iterator<Item = F>,
-) -> Vec<F::Output>
+/// Runs futures concurrently as tasks and collects their outputs, in order
+/// (a task that panicked is left out).
+async fn join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let handles: Vec<_> = futures.map(tokio::spawn).collect();
