@@ -97,7 +97,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             config.auth.tokens.clone(),
             config.cluster.secret.clone(),
         )),
-        public_url: http::base_url(addr),
+        public_url: http::base_url(addr).into(),
         limits: server_limits,
         in_flight: Arc::new(tokio::sync::Semaphore::new(server_limits.max_in_flight)),
     };

@@ -49,7 +49,7 @@ pub struct AppState {
     pub auth: Arc<auth::Auth>,
     /// The URL clients reach this node at, for `Location` when a request
     /// carries no `Host`.
-    pub public_url: String,
+    pub public_url: Arc<str>,
     pub limits: ServerLimits,
     /// Permits for requests in flight (`limits.max_in_flight`).
     pub in_flight: Arc<tokio::sync::Semaphore>,

@@ -147,7 +147,7 @@ fn location(state: &AppState, parts: &Parts, key: &str) -> String {
         .and_then(|h| h.to_str().ok())
         .filter(|h| !h.contains('@') && h.parse::<hyper::http::uri::Authority>().is_ok())
         .map(|h| format!("http://{h}"))
-        .unwrap_or_else(|| state.public_url.clone());
+        .unwrap_or_else(|| state.public_url.to_string());
     format!("{base}/bucket/{}", keypath::encode_path(key))
 }
 
