@@ -274,8 +274,13 @@ impl SqlEngine {
     }
 
     async fn meta(&self, name: &str) -> Result<u64> {
-        let row = sqlx::query(safe(&self.sql.meta_get))
-            .bind(name)
+        self.number(&self.sql.meta_get, name).await
+    }
+
+    /// The one number `sql` selects for `arg`, 0 when there is no row.
+    async fn number(&self, sql: &str, arg: &str) -> Result<u64> {
+        let row = sqlx::query(safe(sql))
+            .bind(arg)
             .fetch_optional(&self.pool)
             .await
             .map_err(db_err)?;
@@ -645,16 +650,7 @@ impl Storage for SqlEngine {
     }
 
     async fn cursor(&self, peer: &str) -> Result<u64> {
-        let row = sqlx::query(safe(&self.sql.cursor_get))
-            .bind(peer)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err)?;
-        Ok(row
-            .map(|r| r.try_get::<i64, _>(0))
-            .transpose()
-            .map_err(db_err)?
-            .unwrap_or(0) as u64)
+        self.number(&self.sql.cursor_get, peer).await
     }
 
     async fn close(&self) -> Result<()> {
