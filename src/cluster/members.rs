@@ -50,8 +50,4 @@ impl Members {
         &self.members[i]
     }
 
-    /// Whether this node masters `key`.
-    pub fn is_master(&self, key: &str) -> bool {
-        self.master(key).id == self.self_id
-    }
 }

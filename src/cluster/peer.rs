@@ -45,11 +45,6 @@ impl Peers {
         Ok(Peers { endpoints })
     }
 
-    /// The endpoint of peer `id`.
-    pub fn endpoint(&self, id: &str) -> Option<&Arc<Endpoint>> {
-        self.endpoints.get(id)
-    }
-
     /// Sends a request to peer `id`.
     pub async fn send(
         &self,
