@@ -49,5 +49,4 @@ impl Members {
             .expect("a cluster has at least one member");
         &self.members[i]
     }
-
 }
