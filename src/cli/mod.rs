@@ -3,6 +3,7 @@
 //! of a running node.
 
 pub mod bench;
+pub mod chaos;
 pub mod dev_cluster;
 pub mod kv;
 pub mod serve;
@@ -68,6 +69,10 @@ pub enum Command {
     DevCluster(dev_cluster::DevClusterArgs),
     /// Load-test nodes: throughput, latency percentiles, replication lag.
     Bench(bench::BenchArgs),
+    /// Chaos-test a local cluster: kill, stop, partition, slow and wipe
+    /// nodes under load, then check convergence and that no acknowledged
+    /// write was lost.
+    Chaos(chaos::ChaosArgs),
     /// List keys, one per line, in byte order.
     List {
         /// Only keys that start with this.
@@ -115,5 +120,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sync { timeout_ms, target } => status::sync(&target, timeout_ms).await,
         Command::DevCluster(args) => dev_cluster::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Chaos(args) => chaos::run(args).await,
     }
 }

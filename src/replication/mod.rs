@@ -30,6 +30,8 @@ use crate::node::Node;
 pub struct PullStatus {
     /// Whether the last feed request got an answer.
     pub reachable: bool,
+    /// The feed id of the peer that `cursor` belongs to (0 before contact).
+    pub feed_id: u64,
     /// The highest seq of the peer's feed applied here (durable).
     pub cursor: u64,
     /// The peer's highest seq, as of its last answer.
@@ -70,6 +72,8 @@ pub struct MemberStatus {
     pub is_self: bool,
     /// Whether this node's last request to it was answered (null for self).
     pub reachable: Option<bool>,
+    /// The feed id of its that this node follows (hex), once known.
+    pub feed_id: Option<String>,
     /// The highest seq of its feed applied here.
     pub cursor: Option<u64>,
     /// Its highest seq, as last seen.
@@ -142,11 +146,13 @@ impl Replication {
     /// first one.
     pub async fn check_feed_not_behind(&self) -> Result<(), crate::storage::StorageError> {
         let last_seq = self.node.storage().last_seq().await?;
+        let feed = format!("{:016x}", self.node.storage().feed_id().await?);
         let me = self.members.self_id().to_owned();
         let asks = self.members.peers().map(|m| {
             let peers = self.peers.clone();
             let id = m.id.clone();
             let me = me.clone();
+            let feed = feed.clone();
             async move {
                 let reply = peers
                     .send(
@@ -160,11 +166,14 @@ impl Replication {
                     .await
                     .ok()?;
                 let status: serde_json::Value = serde_json::from_slice(&reply.body).ok()?;
-                status["members"]
+                // Only a cursor on this very feed counts: after a wipe, a
+                // peer still shows its cursor on the old one.
+                let entry = status["members"]
                     .as_array()?
                     .iter()
-                    .find(|m| m["id"] == me.as_str())?["cursor"]
-                    .as_u64()
+                    .find(|m| m["id"] == me.as_str())?
+                    .clone();
+                (entry["feed_id"] == feed.as_str()).then(|| entry["cursor"].as_u64())?
             }
         });
         let cursors: Vec<Option<u64>> = join_all(asks).await;
@@ -302,6 +311,7 @@ impl Replication {
                         url: m.url.clone(),
                         is_self: true,
                         reachable: None,
+                        feed_id: None,
                         cursor: None,
                         last_seq: Some(*self.node.subscribe_seq().borrow()),
                         lag_changes: None,
@@ -320,6 +330,7 @@ impl Replication {
                     url: m.url.clone(),
                     is_self: false,
                     reachable: Some(s.reachable),
+                    feed_id: (s.feed_id != 0).then(|| format!("{:016x}", s.feed_id)),
                     cursor: Some(s.cursor),
                     last_seq: Some(s.peer_last_seq),
                     lag_changes: Some(s.peer_last_seq.saturating_sub(s.cursor)),

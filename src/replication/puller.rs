@@ -69,6 +69,7 @@ pub async fn run(repl: Arc<Replication>, peer: String) {
                     cursor = c;
                     pull.status.send_modify(|s| {
                         s.reachable = true;
+                        s.feed_id = feed_id;
                         s.cursor = c;
                         s.peer_last_seq = answer.last_seq;
                     });
