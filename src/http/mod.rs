@@ -221,6 +221,24 @@ pub fn key_from_path(path: &str, prefix: &str) -> Result<String, ApiError> {
     })
 }
 
+/// Parses a `timeout_ms` query value: 1 ms up to `max`.
+pub fn parse_timeout_ms(value: &str, max: Duration) -> Result<Duration, ApiError> {
+    value
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_millis)
+        .filter(|t| !t.is_zero() && *t <= max)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "bad_query",
+                format!(
+                    "timeout_ms must be from 1 to {}, not {value:?}",
+                    max.as_millis()
+                ),
+            )
+        })
+}
+
 /// Splits and decodes a query string into (name, value) pairs.
 pub fn parse_query(query: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
     query

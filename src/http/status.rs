@@ -9,7 +9,7 @@ use axum::response::Response;
 use hyper::StatusCode;
 
 use super::error::ApiError;
-use super::{json_response, parse_query, AppState};
+use super::{json_response, parse_query, parse_timeout_ms, AppState};
 
 /// Default and longest wait of a sync.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
@@ -45,22 +45,7 @@ pub async fn sync(State(state): State<AppState>, req: Request) -> Result<Respons
     let mut timeout = SYNC_TIMEOUT;
     for (name, value) in parse_query(req.uri().query())? {
         match name.as_str() {
-            "timeout_ms" => {
-                timeout = value
-                    .parse::<u64>()
-                    .ok()
-                    .map(Duration::from_millis)
-                    .filter(|t| !t.is_zero() && *t <= MAX_SYNC_TIMEOUT)
-                    .ok_or_else(|| {
-                        ApiError::bad_request(
-                            "bad_query",
-                            format!(
-                                "timeout_ms must be from 1 to {}, not {value:?}",
-                                MAX_SYNC_TIMEOUT.as_millis()
-                            ),
-                        )
-                    })?
-            }
+            "timeout_ms" => timeout = parse_timeout_ms(&value, MAX_SYNC_TIMEOUT)?,
             other => {
                 return Err(ApiError::bad_request(
                     "bad_query",

@@ -16,7 +16,8 @@ use hyper::StatusCode;
 
 use super::error::ApiError;
 use super::{
-    forward, json_response, key_from_path, parse_query, preconditions, read_body, AppState,
+    forward, json_response, key_from_path, parse_query, parse_timeout_ms, preconditions, read_body,
+    AppState,
 };
 use crate::node::version::Version;
 use crate::node::{NodeError, WriteOutcome, DEFAULT_CONTENT_TYPE};
@@ -75,21 +76,7 @@ impl WriteOptions {
                         })?,
                     }
                 }
-                "timeout_ms" => {
-                    opts.timeout = Some(
-                        value
-                            .parse::<u64>()
-                            .ok()
-                            .map(Duration::from_millis)
-                            .filter(|t| !t.is_zero() && *t <= MAX_REPLICA_TIMEOUT)
-                            .ok_or_else(|| {
-                                ApiError::bad_request(
-                                    "bad_query",
-                                    format!("timeout_ms must be from 1 to {}, not {value:?}", MAX_REPLICA_TIMEOUT.as_millis()),
-                                )
-                            })?,
-                    )
-                }
+                "timeout_ms" => opts.timeout = Some(parse_timeout_ms(&value, MAX_REPLICA_TIMEOUT)?),
                 other => {
                     return Err(ApiError::bad_request(
                         "bad_query",
