@@ -177,6 +177,10 @@ pub struct ReplicationConfig {
     /// How often tombstones are collected.
     #[serde(default = "default_gc_interval_secs")]
     pub gc_interval_secs: u64,
+    /// How often the node compares range digests with each peer and pulls
+    /// what the change feeds missed (0: only on demand, `POST /v1/repair`).
+    #[serde(default = "default_anti_entropy_interval_secs")]
+    pub anti_entropy_interval_secs: u64,
 }
 
 impl Default for ReplicationConfig {
@@ -188,6 +192,7 @@ impl Default for ReplicationConfig {
             replica_timeout_ms: default_replica_timeout_ms(),
             tombstone_grace_secs: default_tombstone_grace_secs(),
             gc_interval_secs: default_gc_interval_secs(),
+            anti_entropy_interval_secs: default_anti_entropy_interval_secs(),
         }
     }
 }
@@ -209,6 +214,9 @@ fn default_tombstone_grace_secs() -> u64 {
 }
 fn default_gc_interval_secs() -> u64 {
     60
+}
+fn default_anti_entropy_interval_secs() -> u64 {
+    600
 }
 
 /// One cluster member: its node id and the base URL peers reach it at.
@@ -347,6 +355,12 @@ impl Config {
         }
         if r.gc_interval_secs == 0 {
             bail!("replication.gc_interval_secs must be above 0");
+        }
+        if r.anti_entropy_interval_secs > 7 * 86_400 {
+            bail!(
+                "replication.anti_entropy_interval_secs must be at most 604800 (a week; 0 turns it off), not {}",
+                r.anti_entropy_interval_secs
+            );
         }
         if self.cluster.members.is_empty() {
             self.cluster.members.push(Member {

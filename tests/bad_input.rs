@@ -634,6 +634,134 @@ fn malformed_if_match_is_400() {
     });
 }
 
+/// The anti-entropy routes refuse bad ranges, bodies and queries with 400,
+/// and answer good ones.
+#[test]
+fn bad_digest_and_repair_requests_are_400() {
+    let (_dir, node) = start_limited();
+    let c = node.client();
+    rt().block_on(async {
+        c.put("a", Bytes::from_static(b"v"), None).await.unwrap();
+        let json = [(
+            HeaderName::from_static("content-type"),
+            HeaderValue::from_static("application/json"),
+        )];
+        let long_key = format!("{{\"keys\": [\"{}\"]}}", "k".repeat(33));
+        let too_many = format!("{{\"keys\": [{}]}}", vec!["\"k\""; 1001].join(","));
+        let cases: Vec<(Method, &str, &[u8], &str)> = vec![
+            (Method::GET, "/v1/digest?x=1", b"", "bad_query"),
+            (Method::POST, "/v1/repair?timeout_ms=0", b"", "bad_query"),
+            (Method::POST, "/v1/repair?timeout_ms=abc", b"", "bad_query"),
+            (Method::POST, "/v1/repair?colour=blue", b"", "bad_query"),
+            (Method::GET, "/internal/v1/versions", b"", "bad_query"),
+            (
+                Method::GET,
+                "/internal/v1/versions?ranges=",
+                b"",
+                "bad_query",
+            ),
+            (
+                Method::GET,
+                "/internal/v1/versions?ranges=1",
+                b"",
+                "bad_query",
+            ),
+            (
+                Method::GET,
+                "/internal/v1/versions?ranges=100",
+                b"",
+                "bad_query",
+            ),
+            (
+                Method::GET,
+                "/internal/v1/versions?ranges=zz",
+                b"",
+                "bad_query",
+            ),
+            (
+                Method::GET,
+                "/internal/v1/versions?ranges=+1",
+                b"",
+                "bad_query",
+            ),
+            (
+                Method::GET,
+                "/internal/v1/versions?ranges=00,",
+                b"",
+                "bad_query",
+            ),
+            (
+                Method::GET,
+                "/internal/v1/versions?ranges=00&x=1",
+                b"",
+                "bad_query",
+            ),
+            (Method::POST, "/internal/v1/records", b"", "bad_body"),
+            (
+                Method::POST,
+                "/internal/v1/records",
+                b"{\"keys\": 3}",
+                "bad_body",
+            ),
+            (Method::POST, "/internal/v1/records", b"[\"a\"]", "bad_body"),
+            (
+                Method::POST,
+                "/internal/v1/records",
+                b"{\"keys\": [\"\"]}",
+                "invalid_key",
+            ),
+            (
+                Method::POST,
+                "/internal/v1/records",
+                long_key.as_bytes(),
+                "key_too_long",
+            ),
+            (
+                Method::POST,
+                "/internal/v1/records",
+                too_many.as_bytes(),
+                "bad_body",
+            ),
+        ];
+        for (method, path, body, code) in cases {
+            let what = format!("{method} {path} {:?}", body_lossy(body));
+            let r = req(&c, method, path, &json, body).await;
+            expect_error(&r, StatusCode::BAD_REQUEST, code, &what);
+            assert_serving(&c, &what).await;
+        }
+        // Good requests work.
+        let r = req(&c, Method::GET, "/v1/digest", &[], b"").await;
+        assert_eq!(r.status, StatusCode::OK);
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["records"], 1, "{v}");
+        assert_eq!(v["ranges"].as_array().unwrap().len(), 256, "{v}");
+        let r = req(&c, Method::POST, "/v1/repair", &[], b"").await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.error_message());
+        let r = req(
+            &c,
+            Method::GET,
+            "/internal/v1/versions?ranges=00,FF,3a",
+            &[],
+            b"",
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.error_message());
+        let r = req(
+            &c,
+            Method::POST,
+            "/internal/v1/records",
+            &json,
+            b"{\"keys\": [\"a\", \"b\", \"a\"]}",
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.error_message());
+        assert_eq!(r.header("x-ripple-covered"), Some("3"));
+        let entries = ripple::replication::codec::decode(r.body.clone()).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(&entries[0].record.value[..], b"v");
+    });
+}
+
 #[test]
 fn bad_list_params_are_400() {
     let (_dir, node) = start();

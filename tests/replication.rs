@@ -740,6 +740,171 @@ fn status_and_sync_through_the_cli(setup: Setup) {
 }
 
 /// Every test above, on embedded nodes and on a mixed cluster.
+/// Damages node `i`'s embedded store while it is down, as a bad disk or a
+/// bug would: the records of `lose` vanish (with their feed entries), and
+/// each key of `stale` goes back to an older live value `"stale"`. The
+/// change feeds cannot bring any of it back: every peer's cursor is past it.
+fn damage_embedded_store(cluster: &mut Cluster, i: usize, lose: &[String], stale: &[String]) {
+    use redb::{ReadableDatabase, TableDefinition};
+    const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
+    const FEED: TableDefinition<u64, &str> = TableDefinition::new("feed");
+    const TOMBSTONES: TableDefinition<u64, &str> = TableDefinition::new("tombstones");
+    cluster.kill9(i);
+    let path = cluster.dirs[i]
+        .join("data")
+        .join(ripple::storage::embedded::FILE_NAME);
+    let db = redb::Database::open(&path).unwrap();
+    let read = |key: &str| {
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(RECORDS).unwrap();
+        let bytes = table.get(key).unwrap().unwrap().value().to_vec();
+        ripple::storage::codec::decode(key, &bytes).unwrap()
+    };
+    let entries: Vec<_> = lose.iter().chain(stale).map(|k| read(k)).collect();
+    let txn = db.begin_write().unwrap();
+    {
+        let mut records = txn.open_table(RECORDS).unwrap();
+        let mut feed = txn.open_table(FEED).unwrap();
+        let mut tombstones = txn.open_table(TOMBSTONES).unwrap();
+        for e in &entries[..lose.len()] {
+            records.remove(e.record.key.as_str()).unwrap();
+            feed.remove(e.seq).unwrap();
+            tombstones.remove(e.seq).unwrap();
+        }
+        for e in &entries[lose.len()..] {
+            let mut old = e.record.clone();
+            old.version.ts -= 1;
+            old.tombstone = false;
+            old.value = b("stale");
+            let bytes = ripple::storage::codec::encode(e.seq, &old);
+            records.insert(old.key.as_str(), bytes.as_slice()).unwrap();
+            tombstones.remove(e.seq).unwrap();
+        }
+    }
+    txn.commit().unwrap();
+    drop(db);
+    cluster.restart(i);
+}
+
+fn verify(cluster: &Cluster, extra: &[&str]) -> (bool, String) {
+    let urls: Vec<String> = (0..cluster.len()).map(|i| cluster.url(i)).collect();
+    let out = std::process::Command::new(common::bin())
+        .args(["verify", "--url", &urls.join(","), "--settle-ms", "2000"])
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// A replica that lost records, or holds stale ones, where the change
+/// feeds cannot see it: `ripple verify` names the ranges that differ, and
+/// `--repair` heals them from the peers without a full copy.
+fn verify_finds_a_damaged_replica_and_repair_heals_it(setup: Setup) {
+    let Some(mut cluster) = start(3, "[replication]\nanti_entropy_interval_secs = 0\n", setup)
+    else {
+        return;
+    };
+    let runtime = rt();
+    let mut expected = BTreeMap::new();
+    runtime.block_on(async {
+        for i in 0..300 {
+            let key = format!("v{i}");
+            cluster
+                .client(i % 3)
+                .put(&key, b(&format!("value {i}")), None)
+                .await
+                .unwrap();
+            expected.insert(key, format!("value {i}").into_bytes());
+        }
+        for i in 0..10 {
+            let key = format!("v{i}");
+            cluster.client(1).delete(&key).await.unwrap();
+            expected.remove(&key);
+        }
+        cluster.converge_to(&expected, CONVERGE).await;
+    });
+    let (ok, out) = verify(&cluster, &[]);
+    assert!(ok && out.contains("consistent: 3 nodes"), "{out}");
+
+    // Node 1 (embedded in both setups) loses 20 records, and 5 keys go
+    // back to an older value, 3 of them deleted keys.
+    let lose: Vec<String> = (100..120).map(|i| format!("v{i}")).collect();
+    let stale: Vec<String> = [0, 1, 2, 200, 201]
+        .iter()
+        .map(|i| format!("v{i}"))
+        .collect();
+    damage_embedded_store(&mut cluster, 0, &lose, &stale);
+    runtime.block_on(async {
+        let r = cluster.client(0).get("v110").await.unwrap();
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "the damage took");
+    });
+    let (ok, out) = verify(&cluster, &[]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("ranges differ between 3 nodes"), "{out}");
+    let ranges: std::collections::BTreeSet<String> = lose
+        .iter()
+        .chain(&stale)
+        .map(|k| ripple::replication::digest::range_name(ripple::replication::digest::range_of(k)))
+        .collect();
+    for r in &ranges {
+        assert!(
+            out.contains(&format!("range {r}: ")),
+            "range {r} not named:\n{out}"
+        );
+    }
+    assert_eq!(
+        out.matches("\nrange ").count() + usize::from(out.starts_with("range ")),
+        ranges.len(),
+        "{out}"
+    );
+
+    let (ok, out) = verify(&cluster, &["--repair"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("n1: pulled 25 records"), "{out}");
+    assert!(
+        out.contains("n2: pulled 0 records") && out.contains("n3: pulled 0 records"),
+        "{out}"
+    );
+    assert!(out.contains("consistent: 3 nodes"), "{out}");
+    runtime.block_on(async {
+        // Everything is back, the deleted keys stay deleted, and no stale
+        // value reached the other nodes.
+        assert_eq!(cluster.contents(0).await.unwrap(), expected);
+        cluster.converge_to(&expected, CONVERGE).await;
+    });
+}
+
+/// With `anti_entropy_interval_secs` set, a damaged replica heals on its
+/// own.
+#[test]
+fn anti_entropy_heals_a_damaged_replica_on_its_own() {
+    let mut cluster = Cluster::start(3, "[replication]\nanti_entropy_interval_secs = 1\n");
+    let runtime = rt();
+    let mut expected = BTreeMap::new();
+    runtime.block_on(async {
+        for i in 0..100 {
+            let key = format!("a{i}");
+            cluster.client(i % 3).put(&key, b("x"), None).await.unwrap();
+            expected.insert(key, b"x".to_vec());
+        }
+        cluster.converge_to(&expected, CONVERGE).await;
+    });
+    let lose: Vec<String> = (0..30).map(|i| format!("a{i}")).collect();
+    damage_embedded_store(&mut cluster, 2, &lose, &[]);
+    runtime.block_on(async {
+        cluster.converge_to(&expected, CONVERGE).await;
+    });
+    let (ok, out) = verify(&cluster, &[]);
+    assert!(ok, "{out}");
+}
+
 macro_rules! on_both {
     ($($name:ident),* $(,)?) => {
         mod embedded {
@@ -762,7 +927,8 @@ on_both!(
     replicas_all_and_consistency_master_are_immediate,
     an_unreachable_master_stores_nothing,
     canonical_seed_routes_have_the_seeds_meaning,
-    status_and_sync_through_the_cli
+    status_and_sync_through_the_cli,
+    verify_finds_a_damaged_replica_and_repair_heals_it
 );
 
 /// A node restored from a backup of its data dir holds a feed that went

@@ -1,6 +1,6 @@
 //! The command line: `ripple serve` runs a node and `dev-cluster` runs
-//! several; `get`, `put`, `delete`, `list`, `status` and `sync` are clients
-//! of a running node.
+//! several; `get`, `put`, `delete`, `list`, `status`, `sync` and `verify`
+//! are clients of running nodes.
 
 pub mod bench;
 pub mod chaos;
@@ -8,6 +8,7 @@ pub mod dev_cluster;
 pub mod kv;
 pub mod serve;
 pub mod status;
+pub mod verify;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -73,6 +74,9 @@ pub enum Command {
     /// nodes under load, then check convergence and that no acknowledged
     /// write was lost.
     Chaos(chaos::ChaosArgs),
+    /// Compare nodes' range digests and name the ranges whose data
+    /// differs; --repair has the nodes pull what they lack.
+    Verify(verify::VerifyArgs),
     /// List keys, one per line, in byte order.
     List {
         /// Only keys that start with this.
@@ -121,5 +125,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::DevCluster(args) => dev_cluster::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Chaos(args) => chaos::run(args).await,
+        Command::Verify(args) => verify::run(args).await,
     }
 }

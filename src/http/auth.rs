@@ -87,7 +87,7 @@ fn needs(method: &Method, path: &str) -> Needs {
         Needs::Nothing
     } else if path.starts_with("/internal/") {
         Needs::Peer
-    } else if path == "/v1/sync" {
+    } else if path == "/v1/sync" || path == "/v1/repair" {
         Needs::Client(Access::Admin)
     } else if method == Method::GET || method == Method::HEAD {
         Needs::Client(Access::Read)
@@ -302,6 +302,15 @@ mod tests {
             ),
             200
         );
+        // An anti-entropy pass is admin's, like a sync; digests are reads.
+        for (method, path, token, code) in [
+            (Method::POST, "/v1/repair", "writer-token-123", 403),
+            (Method::POST, "/v1/repair", "admin-token-1234", 200),
+            (Method::GET, "/v1/digest", "reader-token-123", 200),
+        ] {
+            let r = req(method, path, &[("authorization", &bearer(token))]);
+            assert_eq!(status(&a, r), code, "{path} with {token}");
+        }
         // Node-to-node routes need the cluster secret, whatever the token.
         assert_eq!(
             status(

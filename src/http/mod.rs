@@ -36,7 +36,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::node::{EtagList, Node, Preconditions};
-use crate::replication::Replication;
+use crate::replication::{repair, Replication};
 use error::ApiError;
 
 /// What every handler can reach.
@@ -121,7 +121,11 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/v1/status", get(status::status))
         .route("/v1/sync", axum::routing::post(status::sync))
+        .route("/v1/digest", get(status::digest))
+        .route("/v1/repair", axum::routing::post(status::repair))
         .route(crate::replication::feed::PATH, get(internal::feed))
+        .route(repair::VERSIONS_PATH, get(internal::versions))
+        .route(repair::RECORDS_PATH, axum::routing::post(internal::records))
         .route("/v1/kv", get(v1::list))
         .route("/v1/kv/", any(v1::empty_key))
         .route(
@@ -269,8 +273,18 @@ pub async fn read_body(
     body: Body,
     headers: &HeaderMap,
 ) -> Result<Bytes, ApiError> {
+    read_body_up_to(state, body, headers, state.node.limits().max_value_bytes).await
+}
+
+/// Reads a request body of at most `limit` bytes, within the request
+/// timeout: 413 beyond the size, 408 beyond the time.
+pub async fn read_body_up_to(
+    state: &AppState,
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     let timeout = state.limits.request_timeout;
-    let limit = state.node.limits().max_value_bytes;
     match tokio::time::timeout(timeout, read_body_within(body, headers, limit)).await {
         Ok(result) => result,
         Err(_) => Err(ApiError::new(

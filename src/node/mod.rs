@@ -155,6 +155,29 @@ impl Node {
         Ok(stored)
     }
 
+    /// Applies records an anti-entropy pass fetched from a peer: each only
+    /// when newer than the stored one. Returns how many were stored.
+    pub async fn apply_repaired(&self, records: Vec<Record>) -> Result<usize, StorageError> {
+        if let Some(ts) = records.iter().map(|r| r.version.ts).max() {
+            self.clock.observe(ts);
+        }
+        let applied = self
+            .storage
+            .apply(Batch {
+                records,
+                cursor: None,
+            })
+            .await?;
+        let mut stored = 0;
+        for a in &applied {
+            if let Applied::Stored { seq } = a {
+                stored += 1;
+                self.committed(*seq);
+            }
+        }
+        Ok(stored)
+    }
+
     /// Checks a key against the limits.
     pub fn check_key(&self, key: &str) -> Result<(), NodeError> {
         if key.is_empty() {

@@ -1,7 +1,9 @@
 //! Replication: every node pulls every peer's change feed from its durable
 //! cursor and applies what is newer (`puller`); serves its own feed to its
 //! peers, long-polling when there is nothing new (`feed`), in binary frames
-//! (`codec`); and collects tombstones once every peer has them (`gc`).
+//! (`codec`); collects tombstones once every peer has them (`gc`); and
+//! compares range digests with its peers to pull what the feeds missed
+//! (`digest`, `repair`).
 //!
 //! The feed requests double as acknowledgements: a peer asks for changes
 //! after the cursor it has durably stored, so the `after` of its latest
@@ -10,9 +12,11 @@
 //! waits for all of them.
 
 pub mod codec;
+pub mod digest;
 pub mod feed;
 pub mod gc;
 pub mod puller;
+pub mod repair;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -136,6 +140,7 @@ impl Replication {
             tokio::spawn(puller::run(self.clone(), peer.clone()));
         }
         tokio::spawn(gc::run(self.clone()));
+        tokio::spawn(repair::run(self.clone()));
     }
 
     /// At start, before serving: when a reachable peer has applied more of
@@ -349,7 +354,7 @@ impl Replication {
 
 /// Runs futures concurrently as tasks and collects their outputs, in order
 /// (a task that panicked is left out).
-async fn join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+pub(crate) async fn join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
 where
     F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
