@@ -22,7 +22,7 @@ async fn main() -> anyhow::Result<()> {
         async move { body }
     }));
     let limits = ripple::http::ServerLimits::generous();
-    ripple::http::serve(listener, router.clone(), router, limits, async {
+    ripple::http::serve(listener, router.clone(), router, limits, None, async {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await;

@@ -20,6 +20,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::http::keypath;
+use crate::tls::TlsConnector;
+use tokio_rustls::rustls::pki_types::ServerName;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Default time a CLI request may take.
@@ -62,37 +64,71 @@ pub enum SendError {
 }
 
 /// One node, with a pool of keep-alive connections.
-#[derive(Debug)]
 pub struct Endpoint {
     authority: String,
     host: HeaderValue,
+    /// For `https://` URLs: the TLS client and the name the node's
+    /// certificate must carry.
+    tls: Option<(TlsConnector, ServerName<'static>)>,
     /// Headers sent with every request (credentials).
     extra: Vec<(HeaderName, HeaderValue)>,
     idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
 }
 
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("authority", &self.authority)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Endpoint {
     /// An endpoint for a base URL `http://host:port`.
     pub fn from_url(url: &str) -> anyhow::Result<Endpoint> {
+        Endpoint::from_url_with(url, None)
+    }
+
+    /// An endpoint for a base URL `http://host:port`, or `https://host:port`
+    /// when a TLS client (`tls::connector`) is given.
+    pub fn from_url_with(url: &str, tls: Option<&TlsConnector>) -> anyhow::Result<Endpoint> {
         let uri: hyper::Uri = url
             .trim()
             .parse()
             .map_err(|_| anyhow!("not a URL: {url:?}"))?;
-        if uri.scheme_str() != Some("http") {
-            bail!("only http:// URLs are supported, not {url:?}");
-        }
+        let secure = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => bail!("only http:// and https:// URLs are supported, not {url:?}"),
+        };
         let authority = uri
             .authority()
             .ok_or_else(|| anyhow!("the URL {url:?} has no host"))?;
+        let host_name = authority.host();
         let authority = format!(
             "{}:{}",
-            authority.host(),
-            authority.port_u16().unwrap_or(80)
+            host_name,
+            authority
+                .port_u16()
+                .unwrap_or(if secure { 443 } else { 80 })
         );
         let host = HeaderValue::from_str(&authority).map_err(|_| anyhow!("bad host in {url:?}"))?;
+        let tls = match (secure, tls) {
+            (false, _) => None,
+            (true, None) => bail!(
+                "{url:?} is https: give the CA certificate that signed the node's (--cacert, or [tls] ca for peers)"
+            ),
+            (true, Some(connector)) => {
+                let name = ServerName::try_from(host_name.trim_matches(['[', ']']).to_owned())
+                    .map_err(|_| anyhow!("bad host in {url:?}"))?;
+                Some((connector.clone(), name))
+            }
+        };
         Ok(Endpoint {
             authority,
             host,
+            tls,
             extra: Vec::new(),
             idle: Mutex::new(Vec::new()),
         })
@@ -170,13 +206,20 @@ impl Endpoint {
             .map_err(|_| unreachable(format!("no connection within {CONNECT_TIMEOUT:?}")))?
             .map_err(|e| unreachable(e.to_string()))?;
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(sender)
+        match &self.tls {
+            None => handshake(stream).await,
+            Some((connector, name)) => {
+                let stream =
+                    tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name.clone(), stream))
+                        .await
+                        .map_err(|_| {
+                            unreachable(format!("no TLS handshake within {CONNECT_TIMEOUT:?}"))
+                        })?
+                        .map_err(|e| unreachable(format!("TLS: {e}")))?;
+                handshake(stream).await
+            }
+        }
+        .map_err(unreachable)
     }
 
     async fn finish(
@@ -203,6 +246,20 @@ impl Endpoint {
             body,
         })
     }
+}
+
+/// Starts HTTP/1.1 on a connection; its driver runs as a task.
+async fn handshake<S>(stream: S) -> Result<SendRequest<Full<Bytes>>, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
 }
 
 /// Builds a request.
@@ -235,6 +292,15 @@ impl Client {
 
     /// A client that sends `Authorization: Bearer <token>` when given.
     pub fn with_token(urls: &str, token: Option<&str>) -> anyhow::Result<Client> {
+        Client::with_options(urls, token, None)
+    }
+
+    /// A client with a token and, for `https://` URLs, a TLS client.
+    pub fn with_options(
+        urls: &str,
+        token: Option<&str>,
+        tls: Option<&TlsConnector>,
+    ) -> anyhow::Result<Client> {
         let auth = token
             .map(|t| {
                 HeaderValue::from_str(&format!("Bearer {t}"))
@@ -246,7 +312,7 @@ impl Client {
             .map(str::trim)
             .filter(|u| !u.is_empty())
             .map(|u| {
-                let e = Endpoint::from_url(u)?;
+                let e = Endpoint::from_url_with(u, tls)?;
                 Ok(Arc::new(match &auth {
                     Some(a) => e.with_header(hyper::header::AUTHORIZATION, a.clone()),
                     None => e,

@@ -44,6 +44,32 @@ pub struct Config {
     pub replication: ReplicationConfig,
     #[serde(default)]
     pub auth: AuthConfig,
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+/// `[tls]`: HTTPS for clients and peers; off while `cert` is unset.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// This node's certificate chain (PEM); with `key`, the node serves
+    /// HTTPS only.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// The CA certificates (PEM) that peers' certificates must chain to;
+    /// needed when a member's URL is `https://`.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// Whether this node serves HTTPS.
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some()
+    }
 }
 
 /// `[auth]`: client tokens; access control is off while there are none.
@@ -272,6 +298,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             replication: ReplicationConfig::default(),
             auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -365,7 +392,11 @@ impl Config {
         if self.cluster.members.is_empty() {
             self.cluster.members.push(Member {
                 id: self.node_id.clone(),
-                url: format!("http://{}", self.listen),
+                url: format!(
+                    "{}://{}",
+                    if self.tls.enabled() { "https" } else { "http" },
+                    self.listen
+                ),
             });
         }
         let mut seen = HashSet::new();
@@ -375,12 +406,20 @@ impl Config {
                 bail!("cluster.members: the id {:?} appears more than once", m.id);
             }
             check_url(&format!("cluster.members[{i}].url"), &m.url)?;
+            if m.id != self.node_id && m.url.starts_with("https:") && self.tls.ca.is_none() {
+                bail!(
+                    "cluster.members[{i}].url is https: set tls.ca to the CA certificate (PEM) that signed the peers' certificates"
+                );
+            }
         }
         if !seen.contains(self.node_id.as_str()) {
             bail!(
                 "cluster.members does not list this node's node_id {:?}",
                 self.node_id
             );
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            bail!("tls.cert and tls.key go together: set both (HTTPS) or neither (HTTP)");
         }
         Ok(())
     }
@@ -480,8 +519,8 @@ fn check_url(name: &str, url: &str) -> anyhow::Result<()> {
     let uri: hyper::Uri = url
         .parse()
         .map_err(|_| anyhow::anyhow!("{name} is not a URL: {url:?}"))?;
-    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
-        bail!("{name} must look like http://host:port, not {url:?}");
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
+        bail!("{name} must look like http://host:port or https://host:port, not {url:?}");
     }
     Ok(())
 }

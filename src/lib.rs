@@ -19,3 +19,5 @@ pub mod node;
 pub mod replication;
 /// The storage seam: the `Storage` trait and its engines.
 pub mod storage;
+/// TLS (rustls) for the server, peers and the CLI.
+pub mod tls;

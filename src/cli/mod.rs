@@ -10,6 +10,7 @@ pub mod serve;
 pub mod status;
 pub mod verify;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 /// Ripple: a replicated key-value store with an HTTP API.
@@ -97,13 +98,28 @@ pub struct Target {
     /// Bearer token, for nodes with auth on.
     #[arg(long, env = "RIPPLE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// CA certificate (PEM) to check https:// nodes' certificates against.
+    #[arg(long, env = "RIPPLE_CACERT")]
+    pub cacert: Option<std::path::PathBuf>,
 }
 
 impl Target {
-    /// A client for these nodes, with the token.
+    /// A client for these nodes, with the token and the CA.
     pub fn client(&self) -> anyhow::Result<crate::client::Client> {
-        crate::client::Client::with_token(&self.url, self.token.as_deref())
+        client(&self.url, self.token.as_deref(), self.cacert.as_deref())
     }
+}
+
+/// A client for `urls` with an optional token and CA certificate file.
+pub fn client(
+    urls: &str,
+    token: Option<&str>,
+    cacert: Option<&std::path::Path>,
+) -> anyhow::Result<crate::client::Client> {
+    let tls = cacert
+        .map(|ca| crate::tls::connector(ca).context("--cacert"))
+        .transpose()?;
+    crate::client::Client::with_options(urls, token, tls.as_ref())
 }
 
 /// Runs the parsed command.

@@ -78,8 +78,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
+    let acceptor = match (&config.tls.cert, &config.tls.key) {
+        (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key).context("tls")?),
+        _ => None,
+    };
+    let connector = config
+        .tls
+        .ca
+        .as_deref()
+        .map(crate::tls::connector)
+        .transpose()
+        .context("tls.ca")?;
     let members = Members::new(&config.node_id, config.cluster.members.clone());
-    let peers = Arc::new(Peers::new(&members, config.cluster.secret.as_ref())?);
+    let peers = Arc::new(Peers::new(
+        &members,
+        config.cluster.secret.as_ref(),
+        connector.as_ref(),
+    )?);
     let repl = Replication::new(node.clone(), members, peers, config.replication.clone());
     repl.check_feed_not_behind().await?;
     repl.start();
@@ -97,7 +112,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             config.auth.tokens.clone(),
             config.cluster.secret.clone(),
         )),
-        public_url: http::base_url(addr).into(),
+        public_url: http::base_url(addr, acceptor.is_some()).into(),
         limits: server_limits,
         in_flight: Arc::new(tokio::sync::Semaphore::new(server_limits.max_in_flight)),
     };
@@ -106,7 +121,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!(
         "ripple node {} listening on {}",
         config.node_id,
-        http::base_url(addr)
+        http::base_url(addr, acceptor.is_some())
     );
     std::io::stdout().flush()?;
 
@@ -115,6 +130,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         http::router(state.clone()),
         http::shed_router(state),
         server_limits,
+        acceptor,
         async {
             shutdown_signal().await;
             // Ends the feed long-polls first, so draining does not wait on them.

@@ -24,6 +24,9 @@ pub struct VerifyArgs {
     /// Bearer token (read access; admin with --repair).
     #[arg(long, env = "RIPPLE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// CA certificate (PEM) to check https:// nodes' certificates against.
+    #[arg(long, env = "RIPPLE_CACERT")]
+    pub cacert: Option<std::path::PathBuf>,
     /// How long a difference must last to be reported, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     pub settle_ms: u64,
@@ -60,7 +63,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
     }
     let clients = urls
         .iter()
-        .map(|u| Client::with_token(u, args.token.as_deref()))
+        .map(|u| super::client(u, args.token.as_deref(), args.cacert.as_deref()))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let settle = Duration::from_millis(args.settle_ms);
     let (nodes, differing) = compare(&clients, &urls, settle).await?;

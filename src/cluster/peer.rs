@@ -13,6 +13,7 @@ use hyper::Method;
 use super::Members;
 use crate::client::{self, Endpoint, Reply, SendError};
 use crate::http::auth::{Secret, SECRET_HEADER};
+use crate::tls::TlsConnector;
 
 /// The header a node adds to a request it forwards to a key's master, with
 /// its own id: the master must then serve it itself, never forward again.
@@ -28,15 +29,19 @@ pub struct Peers {
 
 impl Peers {
     /// Clients for every peer of `members`, sending the cluster secret
-    /// when there is one.
-    pub fn new(members: &Members, secret: Option<&Secret>) -> anyhow::Result<Peers> {
+    /// when there is one; `tls` checks the certificates of `https://` peers.
+    pub fn new(
+        members: &Members,
+        secret: Option<&Secret>,
+        tls: Option<&TlsConnector>,
+    ) -> anyhow::Result<Peers> {
         let secret = secret
             .map(|s| HeaderValue::from_str(s.expose()))
             .transpose()
             .map_err(|_| anyhow::anyhow!("cluster.secret must be printable ASCII"))?;
         let mut endpoints = HashMap::new();
         for m in members.peers() {
-            let mut endpoint = Endpoint::from_url(&m.url)?;
+            let mut endpoint = Endpoint::from_url_with(&m.url, tls)?;
             if let Some(s) = &secret {
                 endpoint = endpoint.with_header(HeaderName::from_static(SECRET_HEADER), s.clone());
             }

@@ -361,15 +361,20 @@ pub fn preconditions(headers: &HeaderMap) -> Result<Preconditions, ApiError> {
     })
 }
 
+/// How long a client may take to finish a TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves `router` on `listener` until `shutdown` resolves, then stops
 /// accepting and waits for in-flight requests to finish. Connections past
 /// `limits.max_connections` are served by `shed` (one request, then closed);
-/// past four times that (at least 256 more), they are closed at once.
+/// past four times that (at least 256 more), they are closed at once. With
+/// `tls`, every connection must begin with a TLS handshake.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shed: Router,
     limits: ServerLimits,
+    tls: Option<crate::tls::TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -407,24 +412,39 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let io = TokioIo::new(stream);
-                if let Ok(permit) = open.clone().try_acquire_owned() {
-                    let conn = graceful.watch(builder.serve_connection(io, service.clone()));
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(%peer, error = %e, "connection ended with an error");
-                        }
-                        drop(permit);
-                    });
-                } else if let Ok(permit) = shedding.clone().try_acquire_owned() {
-                    let conn = graceful.watch(shed_builder.serve_connection(io, shed_service.clone()));
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                        drop(permit);
-                    });
+                let (permit, builder, service) = if let Ok(p) = open.clone().try_acquire_owned() {
+                    (p, &builder, &service)
+                } else if let Ok(p) = shedding.clone().try_acquire_owned() {
+                    (p, &shed_builder, &shed_service)
                 } else {
                     tracing::debug!(%peer, "connection refused: too many open");
-                }
+                    continue;
+                };
+                let (builder, service, watcher) = (builder.clone(), service.clone(), graceful.watcher());
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let result = match tls {
+                        None => watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await,
+                        Some(acceptor) => {
+                            let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                            watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await
+                        }
+                    };
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                    drop(permit);
+                });
             }
             _ = &mut shutdown => break,
         }
@@ -439,6 +459,6 @@ pub async fn serve(
 }
 
 /// The address a listener is bound to, as a base URL.
-pub fn base_url(addr: SocketAddr) -> String {
-    format!("http://{addr}")
+pub fn base_url(addr: SocketAddr, tls: bool) -> String {
+    format!("{}://{addr}", if tls { "https" } else { "http" })
 }

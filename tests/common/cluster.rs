@@ -43,6 +43,16 @@ impl Cluster {
 
     /// Starts `n` nodes whose storage `storage(i, generation)` describes.
     pub fn start_with_storage(n: usize, extra: &str, storage: NodeFn) -> Cluster {
+        Cluster::start_inner(n, extra, storage, "http")
+    }
+
+    /// Starts `n` nodes that reach each other over `https://`; `extra`
+    /// must hold their `[tls]` section.
+    pub fn start_https(n: usize, extra: &str) -> Cluster {
+        Cluster::start_inner(n, extra, Box::new(|_, _| String::new()), "https")
+    }
+
+    fn start_inner(n: usize, extra: &str, storage: NodeFn, scheme: &str) -> Cluster {
         let proxy_rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -65,7 +75,7 @@ impl Cluster {
                     format!(
                         "{{ id = \"{}\", url = \"{}\" }}",
                         node_id(j),
-                        links[&(i, j)].url()
+                        links[&(i, j)].url().replacen("http", scheme, 1)
                     )
                 })
                 .collect();

@@ -54,7 +54,7 @@ impl Node {
             .expect("read the listening line");
         let url = line
             .split_whitespace()
-            .find(|w| w.starts_with("http://"))
+            .find(|w| w.starts_with("http://") || w.starts_with("https://"))
             .unwrap_or_else(|| panic!("no URL in the first line of output: {line:?}"))
             .to_owned();
         Node {
@@ -71,7 +71,10 @@ impl Node {
 
     /// `host:port`.
     pub fn addr(&self) -> String {
-        self.url.trim_start_matches("http://").to_owned()
+        self.url
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .to_owned()
     }
 
     /// SIGKILL, and wait for the process to be gone.
