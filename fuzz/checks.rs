@@ -15,6 +15,7 @@ use ripple::config::Config;
 use ripple::http::{keypath, negotiate};
 use ripple::replication::codec as feed_codec;
 use ripple::storage::codec as record_codec;
+use ripple::storage::wal;
 
 /// A check: panics when the input breaks the decoder.
 pub type Check = fn(&[u8]);
@@ -27,6 +28,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("key_path", key_path),
     ("accept", accept),
     ("config", config),
+    ("wal_log", wal_log),
 ];
 
 /// A feed frame from a peer: decoding never panics, and what decodes
@@ -213,4 +215,26 @@ pub fn config(data: &[u8]) {
             .validate()
             .expect("a validated config must validate again");
     }
+}
+
+/// The embedded engine's write-ahead log as read back at start (a damaged
+/// disk, a torn write): decoding never panics and accepts a prefix; the
+/// frames it accepts, written again, decode to the same frames.
+pub fn wal_log(data: &[u8]) {
+    let (frames, valid) = wal::decode(data);
+    assert!(valid <= data.len(), "accepted more bytes than given");
+    let mut again = Vec::new();
+    for f in &frames {
+        let mut b = wal::FrameBuilder::default();
+        for e in &f.records {
+            b.record(&e.record.key, &record_codec::encode(e.seq, &e.record));
+        }
+        for c in &f.cursors {
+            b.cursor(c);
+        }
+        again.extend(b.finish());
+    }
+    let (decoded, len) = wal::decode(&again);
+    assert_eq!(len, again.len(), "a re-written log was cut short");
+    assert_eq!(decoded, frames, "the log did not round-trip");
 }

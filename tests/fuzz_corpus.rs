@@ -79,6 +79,11 @@ fn config() {
     replay("config");
 }
 
+#[test]
+fn wal_log() {
+    replay("wal_log");
+}
+
 /// Every target has a test above, a fuzz target and a corpus folder, and
 /// every corpus folder belongs to a target.
 #[test]
@@ -91,7 +96,8 @@ fn targets_match_corpus_folders() {
             "stored_record",
             "key_path",
             "accept",
-            "config"
+            "config",
+            "wal_log"
         ],
         "a target was added or removed: add or remove its test above"
     );

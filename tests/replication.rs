@@ -740,8 +740,8 @@ fn status_and_sync_through_the_cli(setup: Setup) {
 }
 
 /// Every test above, on embedded nodes and on a mixed cluster.
-/// Damages node `i`'s embedded store while it is down, as a bad disk or a
-/// bug would: the records of `lose` vanish (with their feed entries), and
+/// Damages node `i`'s embedded store while it is down (stopped cleanly),
+/// as a bad disk or a bug would: the records of `lose` vanish (with their feed entries), and
 /// each key of `stale` goes back to an older live value `"stale"`. The
 /// change feeds cannot bring any of it back: every peer's cursor is past it.
 fn damage_embedded_store(cluster: &mut Cluster, i: usize, lose: &[String], stale: &[String]) {
@@ -749,7 +749,12 @@ fn damage_embedded_store(cluster: &mut Cluster, i: usize, lose: &[String], stale
     const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
     const FEED: TableDefinition<u64, &str> = TableDefinition::new("feed");
     const TOMBSTONES: TableDefinition<u64, &str> = TableDefinition::new("tombstones");
-    cluster.kill9(i);
+    // A clean stop checkpoints: everything is in the redb file, none of it
+    // left in the write-ahead log to be replayed over the damage.
+    cluster.nodes[i].sigterm();
+    assert!(cluster.nodes[i]
+        .wait_exit(Duration::from_secs(30))
+        .is_some());
     let path = cluster.dirs[i]
         .join("data")
         .join(ripple::storage::embedded::FILE_NAME);

@@ -1,9 +1,12 @@
 //! The embedded engine: one redb file in the node's data dir.
 //!
 //! Reads open a read transaction on the caller's thread. Writes go to one
-//! writer thread (see `writer`), which commits each group of queued batches
-//! in one redb transaction with one fsync. Each caller is answered only
-//! after that commit returned, so an acknowledged write is durable.
+//! writer thread (see `writer`), which applies each group of queued batches
+//! in one redb transaction, makes it durable in the write-ahead log (`wal`:
+//! one append, one fdatasync), then commits the transaction without
+//! durability, which makes it visible. Each caller is answered only after
+//! that, so an acknowledged write is durable; a durable redb commit every
+//! `CHECKPOINT_EVERY` (a checkpoint) lets the log start over.
 //!
 //! Tables: `records` (key -> encoded record, see `codec`), `feed`
 //! (seq -> key, one row per key at its latest seq), `tombstones` (seq ->
@@ -18,6 +21,7 @@ use std::thread::JoinHandle;
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
+use super::wal::{Frame, FrameBuilder, Wal};
 use super::writer::{self, Purge, Queue, Work, Writer};
 use super::{codec, Applied, Batch, Entry, Result, Storage, StorageError};
 
@@ -33,6 +37,12 @@ const FEED_ID: &str = "feed_id";
 
 /// The file name inside the data dir.
 pub const FILE_NAME: &str = "ripple.redb";
+
+/// How often the writer makes everything durable in redb and empties the
+/// write-ahead log, at the latest...
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// ...and once the log holds this much.
+const CHECKPOINT_BYTES: u64 = 64 << 20;
 
 /// The redb engine. Cheap to share behind an `Arc`.
 pub struct Embedded {
@@ -75,12 +85,27 @@ impl Embedded {
         }
         txn.commit().map_err(other)?;
 
+        // What the log holds beyond redb's last durable commit was
+        // acknowledged: put it back, at its seqs.
+        let (mut wal, frames) = Wal::open(data_dir)?;
+        if !frames.is_empty() {
+            let replayed = replay(&db, &frames)?;
+            tracing::info!(
+                frames = frames.len(),
+                records = replayed,
+                "replayed the write-ahead log"
+            );
+        }
+        if !wal.is_empty() {
+            wal.reset()?;
+        }
+
         let db = Arc::new(db);
         let (writer, queue) = writer::queue();
         let writer_db = db.clone();
         let thread = std::thread::Builder::new()
             .name("ripple-writer".into())
-            .spawn(move || writer_loop(&writer_db, queue))
+            .spawn(move || writer_loop(&writer_db, queue, wal))
             .map_err(|e| StorageError::Other(format!("cannot start writer thread: {e}")))?;
         Ok(Embedded {
             db,
@@ -104,14 +129,16 @@ fn other(e: impl std::fmt::Display) -> StorageError {
     StorageError::Other(e.to_string())
 }
 
-/// The writer thread: commit each group, run each purge, answer.
-fn writer_loop(db: &Database, mut queue: Queue) {
+/// The writer thread: commit each group, run each purge, answer; and
+/// checkpoint now and then, and when the queue closes.
+fn writer_loop(db: &Database, mut queue: Queue, mut wal: Wal) {
+    let mut checkpointed = std::time::Instant::now();
     while let Some(work) = queue.blocking_next() {
         match work {
-            Work::Commit(group) => match commit_group(db, &group.batches) {
+            Work::Commit(group) => match commit_group(db, &mut wal, &group.batches) {
                 Err(e) if group.should_split(&e) => {
                     for one in group.split() {
-                        let result = commit_group(db, std::slice::from_ref(&one.batch));
+                        let result = commit_group(db, &mut wal, std::slice::from_ref(&one.batch));
                         one.answer(result);
                     }
                 }
@@ -119,15 +146,113 @@ fn writer_loop(db: &Database, mut queue: Queue) {
             },
             Work::Purge(job) => {
                 let p = job.purge;
-                job.answer(purge(db, p.max_seq, p.older_than_ts, p.limit));
+                let result = purge(db, p.max_seq, p.older_than_ts, p.limit);
+                if result.is_ok() {
+                    // A purge commits durably: the log is in redb now.
+                    match wal.reset() {
+                        Ok(()) => checkpointed = std::time::Instant::now(),
+                        Err(e) => tracing::error!(error = %e, "cannot empty the write-ahead log"),
+                    }
+                }
+                job.answer(result);
+            }
+        }
+        if !wal.is_empty()
+            && (checkpointed.elapsed() >= CHECKPOINT_EVERY || wal.len() >= CHECKPOINT_BYTES)
+        {
+            match checkpoint(db, &mut wal) {
+                Ok(()) => checkpointed = std::time::Instant::now(),
+                // The log still holds everything: nothing is lost, the next
+                // round tries again.
+                Err(e) => tracing::error!(error = %e, "checkpoint failed"),
             }
         }
     }
+    if let Err(e) = checkpoint(db, &mut wal) {
+        tracing::error!(error = %e, "final checkpoint failed; the write-ahead log will be replayed at start");
+    }
 }
 
-/// Applies every batch, in order, in one transaction.
-fn commit_group(db: &Database, batches: &[Batch]) -> Result<Vec<Vec<Applied>>> {
+/// Makes every commit so far durable in redb, then empties the log.
+fn checkpoint(db: &Database, wal: &mut Wal) -> Result<()> {
     let txn = db.begin_write().map_err(other)?;
+    {
+        // A durable commit persists the non-durable ones before it; it
+        // needs a change to make, so it rewrites the last seq.
+        let mut meta = txn.open_table(META).map_err(other)?;
+        let last = meta.get(LAST_SEQ).map_err(other)?.map(|v| v.value());
+        meta.insert(LAST_SEQ, last.unwrap_or(0)).map_err(other)?;
+    }
+    txn.commit().map_err(other)?;
+    wal.reset()
+}
+
+/// Puts back what the log holds beyond redb's last durable commit: every
+/// record with a seq above its last seq, at that seq, and every cursor, in
+/// log order, in one durable transaction. Returns how many records.
+fn replay(db: &Database, frames: &[Frame]) -> Result<usize> {
+    let txn = db.begin_write().map_err(other)?;
+    let mut replayed = 0;
+    {
+        let mut records = txn.open_table(RECORDS).map_err(other)?;
+        let mut feed = txn.open_table(FEED).map_err(other)?;
+        let mut tombstones = txn.open_table(TOMBSTONES).map_err(other)?;
+        let mut meta = txn.open_table(META).map_err(other)?;
+        let mut cursors = txn.open_table(CURSORS).map_err(other)?;
+        let durable = meta
+            .get(LAST_SEQ)
+            .map_err(other)?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        let mut last_seq = durable;
+        let mut max_ts = meta
+            .get(MAX_TS)
+            .map_err(other)?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        for frame in frames {
+            for e in &frame.records {
+                if e.seq <= durable {
+                    continue;
+                }
+                let key = e.record.key.as_str();
+                let old = match records.get(key).map_err(other)? {
+                    Some(bytes) => Some(codec::decode_header(key, bytes.value())?.0),
+                    None => None,
+                };
+                if let Some(old_seq) = old {
+                    feed.remove(old_seq).map_err(other)?;
+                    tombstones.remove(old_seq).map_err(other)?;
+                }
+                records
+                    .insert(key, codec::encode(e.seq, &e.record).as_slice())
+                    .map_err(other)?;
+                feed.insert(e.seq, key).map_err(other)?;
+                if e.record.tombstone {
+                    tombstones.insert(e.seq, key).map_err(other)?;
+                }
+                last_seq = last_seq.max(e.seq);
+                max_ts = max_ts.max(e.record.version.ts);
+                replayed += 1;
+            }
+            for c in &frame.cursors {
+                cursors.insert(c.peer.as_str(), c.seq).map_err(other)?;
+            }
+        }
+        meta.insert(LAST_SEQ, last_seq).map_err(other)?;
+        meta.insert(MAX_TS, max_ts).map_err(other)?;
+    }
+    txn.commit().map_err(other)?;
+    Ok(replayed)
+}
+
+/// Applies every batch, in order, in one transaction, logs its effects in
+/// the write-ahead log, and commits (visible, durable through the log).
+fn commit_group(db: &Database, wal: &mut Wal, batches: &[Batch]) -> Result<Vec<Vec<Applied>>> {
+    let mut txn = db.begin_write().map_err(other)?;
+    // Durable through the log instead: see `wal`.
+    txn.set_durability(redb::Durability::None).map_err(other)?;
+    let mut log = FrameBuilder::default();
     let mut results = Vec::with_capacity(batches.len());
     {
         let mut records = txn.open_table(RECORDS).map_err(other)?;
@@ -165,12 +290,11 @@ fn commit_group(db: &Database, batches: &[Batch]) -> Result<Vec<Vec<Applied>>> {
                 }
                 last_seq += 1;
                 max_ts = max_ts.max(record.version.ts);
+                let stored = codec::encode(last_seq, record);
                 records
-                    .insert(
-                        record.key.as_str(),
-                        codec::encode(last_seq, record).as_slice(),
-                    )
+                    .insert(record.key.as_str(), stored.as_slice())
                     .map_err(other)?;
+                log.record(&record.key, &stored);
                 feed.insert(last_seq, record.key.as_str()).map_err(other)?;
                 if record.tombstone {
                     tombstones
@@ -183,14 +307,25 @@ fn commit_group(db: &Database, batches: &[Batch]) -> Result<Vec<Vec<Applied>>> {
                 cursors
                     .insert(cursor.peer.as_str(), cursor.seq)
                     .map_err(other)?;
+                log.cursor(cursor);
             }
             results.push(applied);
         }
         meta.insert(LAST_SEQ, last_seq).map_err(other)?;
         meta.insert(MAX_TS, max_ts).map_err(other)?;
     }
-    // Durability::Immediate is redb's default: commit returns after fsync.
-    txn.commit().map_err(other)?;
+    if log.is_empty() {
+        // Nothing stored, no cursor moved: nothing to make durable.
+        txn.abort().map_err(other)?;
+        return Ok(results);
+    }
+    let before = wal.len();
+    wal.append(&log.finish())?;
+    if let Err(e) = txn.commit() {
+        // The group did not happen: its frame must not be replayed.
+        wal.rollback(before)?;
+        return Err(other(e));
+    }
     Ok(results)
 }
 

@@ -16,6 +16,7 @@
 pub mod codec;
 pub mod embedded;
 pub mod sql;
+pub mod wal;
 pub mod writer;
 
 use async_trait::async_trait;
