@@ -100,6 +100,10 @@ pub struct StorageConfig {
     /// seconds, before giving up; SQL engines only.
     #[serde(default = "default_connect_timeout_secs")]
     pub connect_timeout_secs: u64,
+    /// The embedded engine's page cache, in MiB (redb's cache of the
+    /// file's pages): most of a node's memory beyond its connections.
+    #[serde(default = "default_cache_mib")]
+    pub cache_mib: usize,
 }
 
 impl Default for StorageConfig {
@@ -110,6 +114,7 @@ impl Default for StorageConfig {
             table: default_table(),
             pool_size: default_pool_size(),
             connect_timeout_secs: default_connect_timeout_secs(),
+            cache_mib: default_cache_mib(),
         }
     }
 }
@@ -119,6 +124,9 @@ fn default_table() -> String {
 }
 fn default_pool_size() -> u32 {
     8
+}
+fn default_cache_mib() -> usize {
+    128
 }
 fn default_connect_timeout_secs() -> u64 {
     60
@@ -382,6 +390,12 @@ impl Config {
         }
         if r.gc_interval_secs == 0 {
             bail!("replication.gc_interval_secs must be above 0");
+        }
+        if self.storage.cache_mib == 0 || self.storage.cache_mib > 1 << 20 {
+            bail!(
+                "storage.cache_mib must be between 1 and 1048576, not {}",
+                self.storage.cache_mib
+            );
         }
         if r.anti_entropy_interval_secs > 7 * 86_400 {
             bail!(

@@ -983,6 +983,12 @@ fn invalid_config_files_stop_the_binary_naming_the_key() {
             &["max_value_bytes"],
         ),
         ("bad-listen", "listen = \"nowhere\"\n", &["listen"]),
+        ("zero-cache", "[storage]\ncache_mib = 0\n", &["storage.cache_mib"]),
+        (
+            "anti-entropy-too-rare",
+            "[replication]\nanti_entropy_interval_secs = 700000\n",
+            &["replication.anti_entropy_interval_secs"],
+        ),
         (
             "node-id-with-spaces",
             "listen = \"127.0.0.1:0\"\nnode_id = \"a b\"\n",

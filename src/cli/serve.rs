@@ -64,7 +64,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         anyhow::Ok(engine)
     };
     let storage: Arc<dyn Storage> = match s.engine {
-        Engine::Embedded => Arc::new(Embedded::open(&config.data_dir)?),
+        Engine::Embedded => Arc::new(Embedded::open_with_cache(
+            &config.data_dir,
+            s.cache_mib << 20,
+        )?),
         Engine::Mysql => Arc::new(sql(Dialect::MySql).await?),
         Engine::Postgres => Arc::new(sql(Dialect::Postgres).await?),
     };
@@ -105,7 +108,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_in_flight: l.max_in_flight,
         request_timeout: std::time::Duration::from_secs(l.request_timeout_secs),
     };
-    let state = AppState {
+    let state = AppState::new(http::Shared {
         node: node.clone(),
         repl: repl.clone(),
         auth: Arc::new(Auth::new(
@@ -115,7 +118,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         public_url: http::base_url(addr, acceptor.is_some()).into(),
         limits: server_limits,
         in_flight: Arc::new(tokio::sync::Semaphore::new(server_limits.max_in_flight)),
-    };
+    });
     tracing::info!(node_id = %config.node_id, engine = ?config.storage.engine, "storage open");
     // The one line on stdout: tests and scripts read the bound address here.
     println!(

@@ -39,9 +39,26 @@ use crate::node::{EtagList, Node, Preconditions};
 use crate::replication::{repair, Replication};
 use error::ApiError;
 
-/// What every handler can reach.
+/// What every handler can reach: one `Arc`, so that handing it to each
+/// request (axum clones the state per request) costs one atomic increment.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> AppState {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The node's parts the handlers share.
+pub struct Shared {
     pub node: Arc<Node>,
     /// Members, peers and replication state.
     pub repl: Arc<Replication>,

@@ -52,8 +52,15 @@ pub struct Embedded {
 }
 
 impl Embedded {
-    /// Opens (or creates) the engine in `data_dir`.
+    /// Opens (or creates) the engine in `data_dir`, with the default page
+    /// cache (128 MiB).
     pub fn open(data_dir: &Path) -> Result<Self> {
+        Embedded::open_with_cache(data_dir, 128 << 20)
+    }
+
+    /// Opens (or creates) the engine in `data_dir`, caching at most
+    /// `cache_bytes` of the file's pages in memory.
+    pub fn open_with_cache(data_dir: &Path, cache_bytes: usize) -> Result<Self> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
             StorageError::Other(format!(
                 "cannot create data dir {}: {e}",
@@ -62,6 +69,7 @@ impl Embedded {
         })?;
         let path = data_dir.join(FILE_NAME);
         let db = Database::builder()
+            .set_cache_size(cache_bytes)
             .create(&path)
             .map_err(|e| match e {
                 redb::DatabaseError::DatabaseAlreadyOpen => StorageError::Other(format!(
