@@ -8,6 +8,9 @@
 //! that, so an acknowledged write is durable; a durable redb commit every
 //! `CHECKPOINT_EVERY` (a checkpoint) lets the log start over.
 //!
+//! Reads of hot keys are served from a cache of recently read and written
+//! records (`RecordCache`), which the writer keeps up to date.
+//!
 //! Tables: `records` (key -> encoded record, see `codec`), `feed`
 //! (seq -> key, one row per key at its latest seq), `tombstones` (seq ->
 //! key, the feed's tombstone rows, for garbage collection), `meta` (last
@@ -47,6 +50,7 @@ const CHECKPOINT_BYTES: u64 = 64 << 20;
 /// The redb engine. Cheap to share behind an `Arc`.
 pub struct Embedded {
     db: Arc<Database>,
+    cache: Arc<RecordCache>,
     writer: Writer,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -59,7 +63,8 @@ impl Embedded {
     }
 
     /// Opens (or creates) the engine in `data_dir`, caching at most
-    /// `cache_bytes` of the file's pages in memory.
+    /// `cache_bytes` in memory: a quarter for recently used records, the
+    /// rest for the file's pages (redb's cache).
     pub fn open_with_cache(data_dir: &Path, cache_bytes: usize) -> Result<Self> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
             StorageError::Other(format!(
@@ -69,7 +74,7 @@ impl Embedded {
         })?;
         let path = data_dir.join(FILE_NAME);
         let db = Database::builder()
-            .set_cache_size(cache_bytes)
+            .set_cache_size(cache_bytes - cache_bytes / 4)
             .create(&path)
             .map_err(|e| match e {
                 redb::DatabaseError::DatabaseAlreadyOpen => StorageError::Other(format!(
@@ -109,14 +114,16 @@ impl Embedded {
         }
 
         let db = Arc::new(db);
+        let cache = Arc::new(RecordCache::new(cache_bytes / 4));
         let (writer, queue) = writer::queue();
-        let writer_db = db.clone();
+        let (writer_db, writer_cache) = (db.clone(), cache.clone());
         let thread = std::thread::Builder::new()
             .name("ripple-writer".into())
-            .spawn(move || writer_loop(&writer_db, queue, wal))
+            .spawn(move || writer_loop(&writer_db, &writer_cache, queue, wal))
             .map_err(|e| StorageError::Other(format!("cannot start writer thread: {e}")))?;
         Ok(Embedded {
             db,
+            cache,
             writer,
             thread: Mutex::new(Some(thread)),
         })
@@ -139,22 +146,31 @@ fn other(e: impl std::fmt::Display) -> StorageError {
 
 /// The writer thread: commit each group, run each purge, answer; and
 /// checkpoint now and then, and when the queue closes.
-fn writer_loop(db: &Database, mut queue: Queue, mut wal: Wal) {
+fn writer_loop(db: &Database, cache: &RecordCache, mut queue: Queue, mut wal: Wal) {
     let mut checkpointed = std::time::Instant::now();
     while let Some(work) = queue.blocking_next() {
         match work {
             Work::Commit(group) => match commit_group(db, &mut wal, &group.batches) {
                 Err(e) if group.should_split(&e) => {
                     for one in group.split() {
-                        let result = commit_group(db, &mut wal, std::slice::from_ref(&one.batch));
+                        let batches = std::slice::from_ref(&one.batch);
+                        let result = commit_group(db, &mut wal, batches);
+                        if let Ok(results) = &result {
+                            cache.stored(batches, results);
+                        }
                         one.answer(result);
                     }
                 }
-                result => group.answer(result),
+                result => {
+                    if let Ok(results) = &result {
+                        cache.stored(&group.batches, results);
+                    }
+                    group.answer(result)
+                }
             },
             Work::Purge(job) => {
                 let p = job.purge;
-                let result = purge(db, p.max_seq, p.older_than_ts, p.limit);
+                let result = purge(db, cache, p.max_seq, p.older_than_ts, p.limit);
                 if result.is_ok() {
                     // A purge commits durably: the log is in redb now.
                     match wal.reset() {
@@ -338,9 +354,16 @@ fn commit_group(db: &Database, wal: &mut Wal, batches: &[Batch]) -> Result<Vec<V
 }
 
 /// Removes old tombstones up to `max_seq`, in one transaction.
-fn purge(db: &Database, max_seq: u64, older_than_ts: u64, limit: usize) -> Result<usize> {
+fn purge(
+    db: &Database,
+    cache: &RecordCache,
+    max_seq: u64,
+    older_than_ts: u64,
+    limit: usize,
+) -> Result<usize> {
     let txn = db.begin_write().map_err(other)?;
     let mut purged = 0;
+    let gone: Vec<String>;
     {
         let mut records = txn.open_table(RECORDS).map_err(other)?;
         let mut feed = txn.open_table(FEED).map_err(other)?;
@@ -362,24 +385,36 @@ fn purge(db: &Database, max_seq: u64, older_than_ts: u64, limit: usize) -> Resul
                 victims.push((seq.value(), key.to_owned()));
             }
         }
-        for (seq, key) in victims {
+        for (seq, key) in &victims {
             records.remove(key.as_str()).map_err(other)?;
-            feed.remove(seq).map_err(other)?;
-            tombstones.remove(seq).map_err(other)?;
+            feed.remove(*seq).map_err(other)?;
+            tombstones.remove(*seq).map_err(other)?;
             purged += 1;
         }
+        gone = victims.into_iter().map(|(_, key)| key).collect();
     }
     txn.commit().map_err(other)?;
+    for key in &gone {
+        cache.remove(key);
+    }
     Ok(purged)
 }
 
 #[async_trait]
 impl Storage for Embedded {
     async fn get(&self, key: &str) -> Result<Option<Entry>> {
+        let generation = match self.cache.get(key) {
+            Ok(entry) => return Ok(Some(entry)),
+            Err(generation) => generation,
+        };
         let txn = self.db.begin_read().map_err(other)?;
         let records = txn.open_table(RECORDS).map_err(other)?;
         match records.get(key).map_err(other)? {
-            Some(bytes) => Ok(Some(codec::decode(key, bytes.value())?)),
+            Some(bytes) => {
+                let entry = codec::decode(key, bytes.value())?;
+                self.cache.fill(&entry, generation);
+                Ok(Some(entry))
+            }
             None => Ok(None),
         }
     }
@@ -518,5 +553,170 @@ impl Storage for Embedded {
                 .map_err(|_| StorageError::Other("the storage writer panicked".into()))?;
         }
         Ok(())
+    }
+}
+
+/// Recently read and written records, so that reading a hot key skips
+/// redb (a read transaction, a B-tree walk, a decode). Only the writer
+/// thread changes it, after each commit; a reader fills it with what it
+/// read from redb only when no write touched the key's shard meanwhile
+/// (`generation`), so it never holds a value older than redb's.
+struct RecordCache {
+    shards: Box<[Mutex<CacheShard>]>,
+    shard_budget: usize,
+}
+
+#[derive(Default)]
+struct CacheShard {
+    map: std::collections::HashMap<String, Entry>,
+    bytes: usize,
+    /// Bumped by every write to a key of this shard.
+    generation: u64,
+}
+
+const CACHE_SHARDS: usize = 64;
+
+/// What an entry costs the cache: its bytes and a fixed overhead.
+fn cache_cost(e: &Entry) -> usize {
+    let r = &e.record;
+    2 * r.key.len() + r.value.len() + r.content_type.len() + r.version.node.len() + 128
+}
+
+impl RecordCache {
+    fn new(budget: usize) -> RecordCache {
+        RecordCache {
+            shards: (0..CACHE_SHARDS).map(|_| Mutex::default()).collect(),
+            shard_budget: budget / CACHE_SHARDS,
+        }
+    }
+
+    fn shard(&self, key: &str) -> std::sync::MutexGuard<'_, CacheShard> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        key.hash(&mut h);
+        self.shards[h.finish() as usize % CACHE_SHARDS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cached entry, or the shard's generation to fill it with.
+    fn get(&self, key: &str) -> std::result::Result<Entry, u64> {
+        let shard = self.shard(key);
+        shard.map.get(key).cloned().ok_or(shard.generation)
+    }
+
+    /// Caches what a reader read, unless a write came in between.
+    fn fill(&self, entry: &Entry, generation: u64) {
+        let mut shard = self.shard(&entry.record.key);
+        if shard.generation == generation {
+            insert(&mut shard, entry.clone(), self.shard_budget);
+        }
+    }
+
+    /// The writer: these records are committed.
+    fn stored(&self, batches: &[Batch], results: &[Vec<Applied>]) {
+        for (batch, applied) in batches.iter().zip(results) {
+            for (record, a) in batch.records.iter().zip(applied) {
+                if let Applied::Stored { seq } = a {
+                    let mut shard = self.shard(&record.key);
+                    shard.generation += 1;
+                    let entry = Entry {
+                        seq: *seq,
+                        record: record.clone(),
+                    };
+                    insert(&mut shard, entry, self.shard_budget);
+                }
+            }
+        }
+    }
+
+    /// The writer: `key` is gone from redb.
+    fn remove(&self, key: &str) {
+        let mut shard = self.shard(key);
+        shard.generation += 1;
+        if let Some(old) = shard.map.remove(key) {
+            shard.bytes -= cache_cost(&old);
+        }
+    }
+}
+
+/// Puts `entry` in `shard`, evicting others (whichever come first) to stay
+/// within `budget`.
+fn insert(shard: &mut CacheShard, entry: Entry, budget: usize) {
+    let cost = cache_cost(&entry);
+    if cost > budget {
+        if let Some(old) = shard.map.remove(&entry.record.key) {
+            shard.bytes -= cache_cost(&old);
+        }
+        return;
+    }
+    if let Some(old) = shard.map.insert(entry.record.key.clone(), entry) {
+        shard.bytes -= cache_cost(&old);
+    }
+    shard.bytes += cost;
+    while shard.bytes > budget {
+        let Some(victim) = shard.map.keys().next().cloned() else {
+            break;
+        };
+        if let Some(old) = shard.map.remove(&victim) {
+            shard.bytes -= cache_cost(&old);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::Record;
+
+    fn entry(key: &str, seq: u64, value: &str) -> Entry {
+        Entry {
+            seq,
+            record: Record {
+                key: key.into(),
+                value: bytes::Bytes::copy_from_slice(value.as_bytes()),
+                content_type: String::new(),
+                version: crate::node::version::Version {
+                    ts: seq,
+                    node: "n1".into(),
+                },
+                tombstone: false,
+            },
+        }
+    }
+
+    #[test]
+    fn a_fill_that_raced_a_write_is_dropped() {
+        let cache = RecordCache::new(1 << 20);
+        let generation = cache.get("k").unwrap_err();
+        // A write lands between the reader's miss and its fill.
+        let batch = Batch {
+            records: vec![entry("k", 2, "new").record],
+            cursor: None,
+        };
+        cache.stored(
+            std::slice::from_ref(&batch),
+            &[vec![Applied::Stored { seq: 2 }]],
+        );
+        cache.fill(&entry("k", 1, "old"), generation);
+        assert_eq!(cache.get("k").unwrap(), entry("k", 2, "new"));
+        cache.remove("k");
+        assert!(cache.get("k").is_err());
+    }
+
+    #[test]
+    fn the_cache_stays_within_its_budget() {
+        let cache = RecordCache::new(CACHE_SHARDS * 1000);
+        for i in 0..10_000 {
+            let key = format!("key{i}");
+            let g = cache.get(&key).unwrap_err();
+            cache.fill(&entry(&key, i, "value"), g);
+        }
+        for shard in cache.shards.iter() {
+            let shard = shard.lock().unwrap();
+            let counted: usize = shard.map.values().map(cache_cost).sum();
+            assert_eq!(counted, shard.bytes);
+            assert!(shard.bytes <= 1000, "{}", shard.bytes);
+        }
     }
 }
