@@ -215,6 +215,9 @@ fn parse_urls(urls: &str, token: Option<&str>) -> anyhow::Result<Vec<NodeTarget>
         .map_err(|_| anyhow!("bad --token: it must be printable ASCII"))?;
     let mut nodes = Vec::new();
     for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        if url.starts_with("https:") {
+            bail!("bad --url {url:?}: ripple bench speaks plain http:// only (it measures the node, not TLS)");
+        }
         let mut endpoint = Endpoint::from_url(url).context("bad --url")?;
         if let Some(a) = &auth {
             endpoint = endpoint.with_header(hyper::header::AUTHORIZATION, a.clone());
