@@ -130,44 +130,30 @@ impl Node {
         records: Vec<Record>,
         cursor: u64,
     ) -> Result<usize, StorageError> {
-        if let Some(ts) = records.iter().map(|r| r.version.ts).max() {
-            // A version from a clock ahead of ours: ours moves past it, so
-            // a later write here still gets a greater version.
-            self.clock.observe(ts);
-        }
-        let applied = self
-            .storage
-            .apply(Batch {
-                records,
-                cursor: Some(Cursor {
-                    peer: peer.to_owned(),
-                    seq: cursor,
-                }),
-            })
-            .await?;
-        let mut stored = 0;
-        for a in &applied {
-            if let Applied::Stored { seq } = a {
-                stored += 1;
-                self.committed(*seq);
-            }
-        }
-        Ok(stored)
+        let cursor = Cursor {
+            peer: peer.to_owned(),
+            seq: cursor,
+        };
+        self.apply_from_peer(records, Some(cursor)).await
     }
 
     /// Applies records an anti-entropy pass fetched from a peer: each only
     /// when newer than the stored one. Returns how many were stored.
     pub async fn apply_repaired(&self, records: Vec<Record>) -> Result<usize, StorageError> {
+        self.apply_from_peer(records, None).await
+    }
+
+    async fn apply_from_peer(
+        &self,
+        records: Vec<Record>,
+        cursor: Option<Cursor>,
+    ) -> Result<usize, StorageError> {
         if let Some(ts) = records.iter().map(|r| r.version.ts).max() {
+            // A version from a clock ahead of ours: ours moves past it, so
+            // a later write here still gets a greater version.
             self.clock.observe(ts);
         }
-        let applied = self
-            .storage
-            .apply(Batch {
-                records,
-                cursor: None,
-            })
-            .await?;
+        let applied = self.storage.apply(Batch { records, cursor }).await?;
         let mut stored = 0;
         for a in &applied {
             if let Applied::Stored { seq } = a {

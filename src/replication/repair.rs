@@ -142,8 +142,8 @@ async fn with_peer(
     report: &mut PeerRepair,
 ) -> Result<(), String> {
     // 1. Digests.
-    let reply = send(repl, peer, Method::GET, "/v1/digest", Bytes::new()).await?;
-    let theirs: DigestAnswer = serde_json::from_slice(&reply)
+    let reply = send(repl, peer, Method::GET, "/v1/digest", &[], Bytes::new()).await?;
+    let theirs: DigestAnswer = serde_json::from_slice(&reply.body)
         .map_err(|e| format!("the peer's digest is not valid JSON: {e}"))?;
     let theirs = digest::parse_json(&theirs.ranges)?;
     let differing: Vec<usize> = (0..RANGES).filter(|r| local[*r] != theirs[*r]).collect();
@@ -155,8 +155,8 @@ async fn with_peer(
     for group in groups(&differing, &theirs) {
         let names: Vec<String> = group.iter().map(|r| digest::range_name(*r)).collect();
         let path = format!("{VERSIONS_PATH}?ranges={}", names.join(","));
-        let body = send(repl, peer, Method::GET, &path, Bytes::new()).await?;
-        let listed = codec::decode(body).map_err(|e| format!("bad versions answer: {e}"))?;
+        let reply = send(repl, peer, Method::GET, &path, &[], Bytes::new()).await?;
+        let listed = codec::decode(reply.body).map_err(|e| format!("bad versions answer: {e}"))?;
         for entry in listed {
             let theirs = entry.record;
             let ours = storage.get(&theirs.key).await.map_err(|e| e.to_string())?;
@@ -245,16 +245,18 @@ struct DigestAnswer {
     ranges: Vec<digest::RangeJson>,
 }
 
+/// Sends a request to `peer`; the answer, which must be 200.
 async fn send(
     repl: &Replication,
     peer: &str,
     method: Method,
     path: &str,
+    headers: &[(HeaderName, HeaderValue)],
     body: Bytes,
-) -> Result<Bytes, String> {
+) -> Result<crate::client::Reply, String> {
     let reply = repl
         .peers
-        .send(peer, method, path, &[], body, Duration::from_secs(60))
+        .send(peer, method, path, headers, body, Duration::from_secs(60))
         .await
         .map_err(|e| e.to_string())?;
     if reply.status != StatusCode::OK {
@@ -264,7 +266,7 @@ async fn send(
             reply.error_message()
         ));
     }
-    Ok(reply.body)
+    Ok(reply)
 }
 
 async fn send_records(
@@ -273,25 +275,7 @@ async fn send_records(
     body: Bytes,
 ) -> Result<(usize, Bytes), String> {
     let headers = [(CONTENT_TYPE, HeaderValue::from_static("application/json"))];
-    let reply = repl
-        .peers
-        .send(
-            peer,
-            Method::POST,
-            RECORDS_PATH,
-            &headers,
-            body,
-            Duration::from_secs(60),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    if reply.status != StatusCode::OK {
-        return Err(format!(
-            "{RECORDS_PATH} answered {}: {}",
-            reply.status,
-            reply.error_message()
-        ));
-    }
+    let reply = send(repl, peer, Method::POST, RECORDS_PATH, &headers, body).await?;
     let covered = reply
         .headers
         .get(HeaderName::from_static(COVERED))
