@@ -35,11 +35,12 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::cli::rng::Rng;
 use crate::client::{self, Endpoint};
 use crate::http::keypath;
 use conn::Target;
 use report::{PreloadReport, Report};
-use worker::{Live, Rng, Shared, Stats, Timeline, Worker};
+use worker::{Live, Shared, Stats, Timeline, Worker};
 
 /// What the connections do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

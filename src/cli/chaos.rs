@@ -19,7 +19,6 @@ mod faults;
 mod history;
 mod nodes;
 mod proxy;
-mod rng;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,12 +33,12 @@ use hyper::{Method, StatusCode};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::cli::rng::Rng;
 use crate::client::{self, Endpoint};
 use check::{Check, Final, Input};
 use faults::{FaultKind, Injector};
 use history::{now_us, parse_etag, Op, Outcome};
 use nodes::Nodes;
-use rng::Rng;
 
 #[derive(Debug, Args)]
 pub struct ChaosArgs {

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod chaos;
 pub mod dev_cluster;
 pub mod kv;
+pub mod rng;
 pub mod serve;
 pub mod status;
 pub mod verify;

@@ -86,17 +86,22 @@ pub async fn digest(State(state): State<AppState>, req: Request) -> Result<Respo
     ))
 }
 
+/// The status of a sync or repair answer: 200 when it finished with every
+/// peer, 504 when not (the body says which).
+fn finished(with_every_peer: bool) -> StatusCode {
+    if with_every_peer {
+        StatusCode::OK
+    } else {
+        StatusCode::GATEWAY_TIMEOUT
+    }
+}
+
 pub async fn repair(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let timeout = timeout_param(&req, REPAIR_TIMEOUT, MAX_REPAIR_TIMEOUT)?;
     let peers = repair::pass(&state.repl, timeout).await;
     let complete = peers.iter().all(|p| p.complete);
-    let status = if complete {
-        StatusCode::OK
-    } else {
-        StatusCode::GATEWAY_TIMEOUT
-    };
     Ok(json_response(
-        status,
+        finished(complete),
         &serde_json::json!({
             "node_id": state.node.id(),
             "complete": complete,
@@ -110,13 +115,8 @@ pub async fn sync(State(state): State<AppState>, req: Request) -> Result<Respons
     let timeout = timeout_param(&req, SYNC_TIMEOUT, MAX_SYNC_TIMEOUT)?;
     let peers = state.repl.sync(timeout).await;
     let caught_up = peers.iter().all(|p| p.caught_up);
-    let status = if caught_up {
-        StatusCode::OK
-    } else {
-        StatusCode::GATEWAY_TIMEOUT
-    };
     Ok(json_response(
-        status,
+        finished(caught_up),
         &serde_json::json!({"node_id": state.node.id(), "caught_up": caught_up, "peers": peers}),
     ))
 }

@@ -18,6 +18,7 @@ use super::conn::{self, Answer, Conn, Failure, Target};
 use super::hist::Histogram;
 use super::lag::Sampler;
 use super::Workload;
+use crate::cli::rng::Rng;
 
 /// Backoff after a failed connect, doubling up to `MAX_BACKOFF`.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -226,34 +227,6 @@ pub struct Timeline {
     pub pace: Option<Duration>,
     /// Lag sampling, with several nodes and a workload that writes.
     pub sampler: Option<Arc<Sampler>>,
-}
-
-/// A tiny, fast PRNG (SplitMix64): enough to pick keys and operations.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        ((self.next_u64() as u128 * n as u128) >> 64) as u64
-    }
-
-    /// Uniform in `[0, 1)`.
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
 }
 
 /// One connection's task state; it survives from preload to run.

@@ -15,7 +15,7 @@ use hyper::{Method, StatusCode};
 
 use super::history::{now_us, parse_etag, Cond, Kind, Op, Outcome};
 use super::nodes::Endpoints;
-use super::rng::Rng;
+use crate::cli::rng::Rng;
 use crate::client::{self, Reply, SendError};
 
 /// A request without an answer after this long counts as unknown, with no

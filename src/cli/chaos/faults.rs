@@ -27,7 +27,7 @@ use hyper::{Method, StatusCode};
 use super::check::Wipe;
 use super::history::{now_us, rel, Micros};
 use super::nodes::{NodeState, Nodes};
-use super::rng::Rng;
+use crate::cli::rng::Rng;
 use crate::client::{self, Endpoint};
 use crate::node::version::Version;
 use crate::replication::{codec, feed};

@@ -19,7 +19,7 @@ use tokio::process::{Child, Command};
 
 use super::history::{now_us, rel, Micros};
 use super::proxy::Proxy;
-use super::rng::Rng;
+use crate::cli::rng::Rng;
 use crate::client::Endpoint;
 
 /// How long a node may take to print its listening line.

@@ -24,7 +24,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use super::rng::Rng;
+use crate::cli::rng::Rng;
 
 /// What a link does now.
 #[derive(Debug, Clone, Default)]

@@ -1,5 +1,6 @@
-//! A tiny seeded PRNG (splitmix64) so a chaos run's choices (fault
-//! schedule, client operations, lossy links) follow from `--seed` alone.
+//! A tiny seeded PRNG (splitmix64) for the load and fault tools: a chaos
+//! run's choices (fault schedule, client operations, lossy links) follow
+//! from `--seed` alone, and `ripple bench` picks keys and operations fast.
 
 /// splitmix64: 64 bits of state, good enough statistics for picking
 /// faults and keys, and every stream is reproducible from its seed.
@@ -34,9 +35,14 @@ impl Rng {
         lo + self.below(hi.saturating_sub(lo))
     }
 
+    /// Uniform in `[0, 1)`.
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
     /// True with probability `p` (0 to 1).
     pub fn chance(&mut self, p: f64) -> bool {
-        ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
+        self.unit() < p
     }
 
     /// An independent stream, seeded from this one.
