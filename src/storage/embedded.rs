@@ -26,7 +26,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 
 use super::wal::{Frame, FrameBuilder, Wal};
 use super::writer::{self, Purge, Queue, Work, Writer};
-use super::{codec, Applied, Batch, Entry, Result, Storage, StorageError};
+use super::{codec, Applied, Batch, Entry, Result, Storage, StorageError, Version};
 
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 const FEED: TableDefinition<u64, &str> = TableDefinition::new("feed");
@@ -211,6 +211,74 @@ fn checkpoint(db: &Database, wal: &mut Wal) -> Result<()> {
     wal.reset()
 }
 
+/// The tables a write transaction changes, with the steps that replay and
+/// group commit share.
+struct Tables<'txn> {
+    records: redb::Table<'txn, &'static str, &'static [u8]>,
+    feed: redb::Table<'txn, u64, &'static str>,
+    tombstones: redb::Table<'txn, u64, &'static str>,
+    meta: redb::Table<'txn, &'static str, u64>,
+    cursors: redb::Table<'txn, &'static str, u64>,
+}
+
+impl<'txn> Tables<'txn> {
+    fn open(txn: &'txn redb::WriteTransaction) -> Result<Tables<'txn>> {
+        Ok(Tables {
+            records: txn.open_table(RECORDS).map_err(other)?,
+            feed: txn.open_table(FEED).map_err(other)?,
+            tombstones: txn.open_table(TOMBSTONES).map_err(other)?,
+            meta: txn.open_table(META).map_err(other)?,
+            cursors: txn.open_table(CURSORS).map_err(other)?,
+        })
+    }
+
+    /// A `meta` value (0 when unset).
+    fn meta(&self, name: &str) -> Result<u64> {
+        Ok(self
+            .meta
+            .get(name)
+            .map_err(other)?
+            .map(|v| v.value())
+            .unwrap_or(0))
+    }
+
+    /// The seq and version of `key`'s stored record, if any.
+    fn stored(&self, key: &str) -> Result<Option<(u64, Version)>> {
+        match self.records.get(key).map_err(other)? {
+            Some(bytes) => Ok(Some(codec::decode_header(key, bytes.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores `bytes` (the record encoded with `seq`) under `key`, moving
+    /// the key's feed row (and tombstone row) from `old_seq` to `seq`.
+    fn put(
+        &mut self,
+        key: &str,
+        seq: u64,
+        bytes: &[u8],
+        tombstone: bool,
+        old_seq: Option<u64>,
+    ) -> Result<()> {
+        if let Some(old_seq) = old_seq {
+            self.feed.remove(old_seq).map_err(other)?;
+            self.tombstones.remove(old_seq).map_err(other)?;
+        }
+        self.records.insert(key, bytes).map_err(other)?;
+        self.feed.insert(seq, key).map_err(other)?;
+        if tombstone {
+            self.tombstones.insert(seq, key).map_err(other)?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, last_seq: u64, max_ts: u64) -> Result<()> {
+        self.meta.insert(LAST_SEQ, last_seq).map_err(other)?;
+        self.meta.insert(MAX_TS, max_ts).map_err(other)?;
+        Ok(())
+    }
+}
+
 /// Puts back what the log holds beyond redb's last durable commit: every
 /// record with a seq above its last seq, at that seq, and every cursor, in
 /// log order, in one durable transaction. Returns how many records.
@@ -218,53 +286,28 @@ fn replay(db: &Database, frames: &[Frame]) -> Result<usize> {
     let txn = db.begin_write().map_err(other)?;
     let mut replayed = 0;
     {
-        let mut records = txn.open_table(RECORDS).map_err(other)?;
-        let mut feed = txn.open_table(FEED).map_err(other)?;
-        let mut tombstones = txn.open_table(TOMBSTONES).map_err(other)?;
-        let mut meta = txn.open_table(META).map_err(other)?;
-        let mut cursors = txn.open_table(CURSORS).map_err(other)?;
-        let durable = meta
-            .get(LAST_SEQ)
-            .map_err(other)?
-            .map(|v| v.value())
-            .unwrap_or(0);
+        let mut t = Tables::open(&txn)?;
+        let durable = t.meta(LAST_SEQ)?;
         let mut last_seq = durable;
-        let mut max_ts = meta
-            .get(MAX_TS)
-            .map_err(other)?
-            .map(|v| v.value())
-            .unwrap_or(0);
+        let mut max_ts = t.meta(MAX_TS)?;
         for frame in frames {
             for e in &frame.records {
                 if e.seq <= durable {
                     continue;
                 }
                 let key = e.record.key.as_str();
-                let old = match records.get(key).map_err(other)? {
-                    Some(bytes) => Some(codec::decode_header(key, bytes.value())?.0),
-                    None => None,
-                };
-                if let Some(old_seq) = old {
-                    feed.remove(old_seq).map_err(other)?;
-                    tombstones.remove(old_seq).map_err(other)?;
-                }
-                records
-                    .insert(key, codec::encode(e.seq, &e.record).as_slice())
-                    .map_err(other)?;
-                feed.insert(e.seq, key).map_err(other)?;
-                if e.record.tombstone {
-                    tombstones.insert(e.seq, key).map_err(other)?;
-                }
+                let old_seq = t.stored(key)?.map(|(seq, _)| seq);
+                let bytes = codec::encode(e.seq, &e.record);
+                t.put(key, e.seq, &bytes, e.record.tombstone, old_seq)?;
                 last_seq = last_seq.max(e.seq);
                 max_ts = max_ts.max(e.record.version.ts);
                 replayed += 1;
             }
             for c in &frame.cursors {
-                cursors.insert(c.peer.as_str(), c.seq).map_err(other)?;
+                t.cursors.insert(c.peer.as_str(), c.seq).map_err(other)?;
             }
         }
-        meta.insert(LAST_SEQ, last_seq).map_err(other)?;
-        meta.insert(MAX_TS, max_ts).map_err(other)?;
+        t.finish(last_seq, max_ts)?;
     }
     txn.commit().map_err(other)?;
     Ok(replayed)
@@ -279,64 +322,34 @@ fn commit_group(db: &Database, wal: &mut Wal, batches: &[Batch]) -> Result<Vec<V
     let mut log = FrameBuilder::default();
     let mut results = Vec::with_capacity(batches.len());
     {
-        let mut records = txn.open_table(RECORDS).map_err(other)?;
-        let mut feed = txn.open_table(FEED).map_err(other)?;
-        let mut tombstones = txn.open_table(TOMBSTONES).map_err(other)?;
-        let mut meta = txn.open_table(META).map_err(other)?;
-        let mut cursors = txn.open_table(CURSORS).map_err(other)?;
-        let mut last_seq = meta
-            .get(LAST_SEQ)
-            .map_err(other)?
-            .map(|v| v.value())
-            .unwrap_or(0);
-        let mut max_ts = meta
-            .get(MAX_TS)
-            .map_err(other)?
-            .map(|v| v.value())
-            .unwrap_or(0);
-
+        let mut t = Tables::open(&txn)?;
+        let mut last_seq = t.meta(LAST_SEQ)?;
+        let mut max_ts = t.meta(MAX_TS)?;
         for batch in batches {
             let mut applied = Vec::with_capacity(batch.records.len());
             for record in &batch.records {
-                let old = match records.get(record.key.as_str()).map_err(other)? {
-                    Some(bytes) => Some(codec::decode_header(&record.key, bytes.value())?),
-                    None => None,
-                };
-                if let Some((_, old_version)) = &old {
-                    if *old_version >= record.version {
-                        applied.push(Applied::Stale);
-                        continue;
-                    }
-                }
-                if let Some((old_seq, _)) = old {
-                    feed.remove(old_seq).map_err(other)?;
-                    tombstones.remove(old_seq).map_err(other)?;
+                let old = t.stored(&record.key)?;
+                if old.as_ref().is_some_and(|(_, v)| *v >= record.version) {
+                    applied.push(Applied::Stale);
+                    continue;
                 }
                 last_seq += 1;
                 max_ts = max_ts.max(record.version.ts);
                 let stored = codec::encode(last_seq, record);
-                records
-                    .insert(record.key.as_str(), stored.as_slice())
-                    .map_err(other)?;
+                let old_seq = old.map(|(seq, _)| seq);
+                t.put(&record.key, last_seq, &stored, record.tombstone, old_seq)?;
                 log.record(&record.key, &stored);
-                feed.insert(last_seq, record.key.as_str()).map_err(other)?;
-                if record.tombstone {
-                    tombstones
-                        .insert(last_seq, record.key.as_str())
-                        .map_err(other)?;
-                }
                 applied.push(Applied::Stored { seq: last_seq });
             }
             if let Some(cursor) = &batch.cursor {
-                cursors
+                t.cursors
                     .insert(cursor.peer.as_str(), cursor.seq)
                     .map_err(other)?;
                 log.cursor(cursor);
             }
             results.push(applied);
         }
-        meta.insert(LAST_SEQ, last_seq).map_err(other)?;
-        meta.insert(MAX_TS, max_ts).map_err(other)?;
+        t.finish(last_seq, max_ts)?;
     }
     if log.is_empty() {
         // Nothing stored, no cursor moved: nothing to make durable.
