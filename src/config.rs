@@ -104,6 +104,11 @@ pub struct StorageConfig {
     /// file's pages): most of a node's memory beyond its connections.
     #[serde(default = "default_cache_mib")]
     pub cache_mib: usize,
+    /// How often the embedded engine folds its memtable (writes made
+    /// durable by the write-ahead log) into the redb file, at the latest,
+    /// in milliseconds.
+    #[serde(default = "default_apply_interval_ms")]
+    pub apply_interval_ms: u64,
 }
 
 impl Default for StorageConfig {
@@ -115,6 +120,7 @@ impl Default for StorageConfig {
             pool_size: default_pool_size(),
             connect_timeout_secs: default_connect_timeout_secs(),
             cache_mib: default_cache_mib(),
+            apply_interval_ms: default_apply_interval_ms(),
         }
     }
 }
@@ -127,6 +133,9 @@ fn default_pool_size() -> u32 {
 }
 fn default_cache_mib() -> usize {
     128
+}
+fn default_apply_interval_ms() -> u64 {
+    1000
 }
 fn default_connect_timeout_secs() -> u64 {
     60
@@ -395,6 +404,12 @@ impl Config {
             bail!(
                 "storage.cache_mib must be between 1 and 1048576, not {}",
                 self.storage.cache_mib
+            );
+        }
+        if !(1..=600_000).contains(&self.storage.apply_interval_ms) {
+            bail!(
+                "storage.apply_interval_ms must be between 1 and 600000 (10 minutes), not {}",
+                self.storage.apply_interval_ms
             );
         }
         if r.anti_entropy_interval_secs > 7 * 86_400 {

@@ -16,7 +16,7 @@ use crate::http::auth::Auth;
 use crate::http::{self, AppState, ServerLimits};
 use crate::node::{Limits, Node};
 use crate::replication::Replication;
-use crate::storage::embedded::Embedded;
+use crate::storage::embedded::{self, Embedded};
 use crate::storage::sql::{Dialect, SqlEngine};
 use crate::storage::Storage;
 
@@ -64,9 +64,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         anyhow::Ok(engine)
     };
     let storage: Arc<dyn Storage> = match s.engine {
-        Engine::Embedded => Arc::new(Embedded::open_with_cache(
+        Engine::Embedded => Arc::new(Embedded::open_with(
             &config.data_dir,
-            s.cache_mib << 20,
+            embedded::Options {
+                cache_bytes: s.cache_mib << 20,
+                apply_every: std::time::Duration::from_millis(s.apply_interval_ms),
+            },
         )?),
         Engine::Mysql => Arc::new(sql(Dialect::MySql).await?),
         Engine::Postgres => Arc::new(sql(Dialect::Postgres).await?),

@@ -1,15 +1,19 @@
-//! The embedded engine: one redb file in the node's data dir.
+//! The embedded engine: one redb file in the node's data dir, a
+//! write-ahead log beside it, and two threads.
 //!
-//! Reads open a read transaction on the caller's thread. Writes go to one
-//! writer thread (see `writer`), which applies each group of queued batches
-//! in one redb transaction, makes it durable in the write-ahead log (`wal`:
-//! one append, one fdatasync), then commits the transaction without
-//! durability, which makes it visible. Each caller is answered only after
-//! that, so an acknowledged write is durable; a durable redb commit every
-//! `CHECKPOINT_EVERY` (a checkpoint) lets the log start over.
+//! Writes go to one writer thread (see `writer`), which decides for each
+//! group of queued batches which records take and at which seqs, makes the
+//! group durable in the write-ahead log (`wal`: one append, one
+//! fdatasync), puts it in the memtable (`memtable`), which makes it
+//! visible, and answers: an acknowledged write is durable, and the writer
+//! never waits on the B-tree. The applier thread folds the memtable into
+//! redb in one durable transaction every `apply_every` (or sooner when the
+//! memtable grows), off the write path; once redb has a log segment's
+//! frames, the segment is removed.
 //!
-//! Reads of hot keys are served from a cache of recently read and written
-//! records (`RecordCache`), which the writer keeps up to date.
+//! Reads look in the memtable, then in a cache of recently read and
+//! written records (`RecordCache`, kept up to date by the writer), then in
+//! redb, on the caller's thread.
 //!
 //! Tables: `records` (key -> encoded record, see `codec`), `feed`
 //! (seq -> key, one row per key at its latest seq), `tombstones` (seq ->
@@ -18,14 +22,17 @@
 
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
+use super::memtable::{self, Listed, Memtable};
 use super::wal::{Frame, FrameBuilder, Wal};
-use super::writer::{self, Purge, Queue, Work, Writer};
+use super::writer::{self, Purge, PurgeJob, Queue, Work, Writer};
 use super::{codec, Applied, Batch, Entry, Result, Storage, StorageError, Version};
 
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
@@ -41,31 +48,74 @@ const FEED_ID: &str = "feed_id";
 /// The file name inside the data dir.
 pub const FILE_NAME: &str = "ripple.redb";
 
-/// How often the writer makes everything durable in redb and empties the
-/// write-ahead log, at the latest...
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-/// ...and once the log holds this much.
-const CHECKPOINT_BYTES: u64 = 64 << 20;
-
 /// The redb engine. Cheap to share behind an `Arc`.
 pub struct Embedded {
     db: Arc<Database>,
-    cache: Arc<RecordCache>,
+    shared: Arc<Shared>,
     writer: Writer,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
+/// How the embedded engine uses memory and the disk.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Most bytes cached in memory: a quarter for recently used records,
+    /// the rest for the file's pages (redb's cache).
+    pub cache_bytes: usize,
+    /// How often the applier folds the memtable into redb, at the latest.
+    pub apply_every: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            cache_bytes: 128 << 20,
+            apply_every: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The applier starts early once the memtable holds this much...
+const NUDGE_BYTES: usize = 16 << 20;
+/// ...and the writer waits for it beyond this much...
+const MAX_MEMTABLE_BYTES: usize = 64 << 20;
+/// ...failing writes after this long (the applier cannot write redb).
+const MAX_WAIT: Duration = Duration::from_secs(30);
+/// A log segment is sealed at this age or length, so it can be removed
+/// once the applier has its frames.
+const SEGMENT_AGE: Duration = Duration::from_secs(1);
+const SEGMENT_BYTES: u64 = 64 << 20;
+
+/// What readers, the writer and the applier share.
+struct Shared {
+    mem: Memtable,
+    cache: RecordCache,
+    /// The highest seq and version ts the writer made visible.
+    last_seq: AtomicU64,
+    max_ts: AtomicU64,
+    /// Groups the applier has durably in redb (see `Memtable::snapshot`).
+    /// Bumped before the memtable lets go of them.
+    applied: AtomicU64,
+    /// Set when the writer asked the applier to start early.
+    nudged: AtomicBool,
+}
+
+/// What the writer sends the applier.
+enum ToApplier {
+    /// The memtable is large: fold it in now.
+    Nudge,
+    /// Purges run on the applier, redb's one writer.
+    Purge(PurgeJob),
+}
+
 impl Embedded {
-    /// Opens (or creates) the engine in `data_dir`, with the default page
-    /// cache (128 MiB).
+    /// Opens (or creates) the engine in `data_dir`, with default options.
     pub fn open(data_dir: &Path) -> Result<Self> {
-        Embedded::open_with_cache(data_dir, 128 << 20)
+        Embedded::open_with(data_dir, Options::default())
     }
 
-    /// Opens (or creates) the engine in `data_dir`, caching at most
-    /// `cache_bytes` in memory: a quarter for recently used records, the
-    /// rest for the file's pages (redb's cache).
-    pub fn open_with_cache(data_dir: &Path, cache_bytes: usize) -> Result<Self> {
+    /// Opens (or creates) the engine in `data_dir`.
+    pub fn open_with(data_dir: &Path, options: Options) -> Result<Self> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
             StorageError::Other(format!(
                 "cannot create data dir {}: {e}",
@@ -73,6 +123,7 @@ impl Embedded {
             ))
         })?;
         let path = data_dir.join(FILE_NAME);
+        let cache_bytes = options.cache_bytes;
         let db = Database::builder()
             .set_cache_size(cache_bytes - cache_bytes / 4)
             .create(&path)
@@ -109,110 +160,321 @@ impl Embedded {
                 "replayed the write-ahead log"
             );
         }
-        if !wal.is_empty() {
-            wal.reset()?;
-        }
+        wal.reset()?;
 
         let db = Arc::new(db);
-        let cache = Arc::new(RecordCache::new(cache_bytes / 4));
+        let shared = Arc::new(Shared {
+            mem: Memtable::default(),
+            cache: RecordCache::new(cache_bytes / 4),
+            last_seq: AtomicU64::new(read_meta(&db, LAST_SEQ)?),
+            max_ts: AtomicU64::new(read_meta(&db, MAX_TS)?),
+            applied: AtomicU64::new(0),
+            nudged: AtomicBool::new(false),
+        });
+        let (to_applier, inbox) = std::sync::mpsc::channel();
+        let applier = {
+            let (db, shared) = (db.clone(), shared.clone());
+            std::thread::Builder::new()
+                .name("ripple-applier".into())
+                .spawn(move || applier_loop(&db, &shared, inbox, options.apply_every))
+                .map_err(|e| StorageError::Other(format!("cannot start applier thread: {e}")))?
+        };
         let (writer, queue) = writer::queue();
-        let (writer_db, writer_cache) = (db.clone(), cache.clone());
-        let thread = std::thread::Builder::new()
-            .name("ripple-writer".into())
-            .spawn(move || writer_loop(&writer_db, &writer_cache, queue, wal))
-            .map_err(|e| StorageError::Other(format!("cannot start writer thread: {e}")))?;
+        let thread = {
+            let (db, shared) = (db.clone(), shared.clone());
+            std::thread::Builder::new()
+                .name("ripple-writer".into())
+                .spawn(move || {
+                    writer_loop(&db, &shared, queue, &mut wal, &to_applier);
+                    // The applier folds in what is left, then exits.
+                    drop(to_applier);
+                    let finished = applier.join().is_ok() && shared.mem.is_empty();
+                    if !finished {
+                        tracing::error!("the applier did not finish; the write-ahead log will be replayed at start");
+                    } else if let Err(e) = wal.reset() {
+                        tracing::error!(error = %e, "cannot empty the write-ahead log; it will be replayed at start");
+                    }
+                })
+                .map_err(|e| StorageError::Other(format!("cannot start writer thread: {e}")))?
+        };
         Ok(Embedded {
             db,
-            cache,
+            shared,
             writer,
             thread: Mutex::new(Some(thread)),
         })
     }
+}
 
-    fn read_meta(&self, name: &str) -> Result<u64> {
-        let txn = self.db.begin_read().map_err(other)?;
-        let meta = txn.open_table(META).map_err(other)?;
-        Ok(meta
-            .get(name)
-            .map_err(other)?
-            .map(|v| v.value())
-            .unwrap_or(0))
-    }
+fn read_meta(db: &Database, name: &str) -> Result<u64> {
+    let txn = db.begin_read().map_err(other)?;
+    let meta = txn.open_table(META).map_err(other)?;
+    Ok(meta
+        .get(name)
+        .map_err(other)?
+        .map(|v| v.value())
+        .unwrap_or(0))
 }
 
 fn other(e: impl std::fmt::Display) -> StorageError {
     StorageError::Other(e.to_string())
 }
 
-/// The writer thread: commit each group, run each purge, answer; and
-/// checkpoint now and then, and when the queue closes.
-fn writer_loop(db: &Database, cache: &RecordCache, mut queue: Queue, mut wal: Wal) {
-    let mut checkpointed = std::time::Instant::now();
+/// A stored record's seq and whether it is a tombstone.
+fn stored_kind(key: &str, bytes: &[u8]) -> Result<(u64, bool)> {
+    let (seq, _) = codec::decode_header(key, bytes)?;
+    // Byte 1 holds the flags; decode_header validated the layout.
+    Ok((seq, bytes[1] & 1 == 1))
+}
+
+/// The writer thread: log each group, hand purges to the applier, and
+/// remove the log segments the applier no longer needs.
+fn writer_loop(
+    db: &Database,
+    shared: &Shared,
+    mut queue: Queue,
+    wal: &mut Wal,
+    to_applier: &std::sync::mpsc::Sender<ToApplier>,
+) {
+    let mut lookup = Lookup::default();
     while let Some(work) = queue.blocking_next() {
         match work {
-            Work::Commit(group) => match commit_group(db, &mut wal, &group.batches) {
-                Err(e) if group.should_split(&e) => {
-                    for one in group.split() {
-                        let batches = std::slice::from_ref(&one.batch);
-                        let result = commit_group(db, &mut wal, batches);
-                        if let Ok(results) = &result {
-                            cache.stored(batches, results);
+            Work::Commit(group) => {
+                if let Err(e) = wait_for_room(shared, to_applier) {
+                    group.answer(Err(e));
+                    continue;
+                }
+                match log_group(db, shared, wal, &mut lookup, &group.batches) {
+                    Err(e) if group.should_split(&e) => {
+                        for one in group.split() {
+                            let batches = std::slice::from_ref(&one.batch);
+                            let result = log_group(db, shared, wal, &mut lookup, batches);
+                            if let Ok(results) = &result {
+                                shared.cache.stored(batches, results);
+                            }
+                            one.answer(result);
                         }
-                        one.answer(result);
+                    }
+                    result => {
+                        if let Ok(results) = &result {
+                            shared.cache.stored(&group.batches, results);
+                        }
+                        group.answer(result)
                     }
                 }
-                result => {
-                    if let Ok(results) = &result {
-                        cache.stored(&group.batches, results);
-                    }
-                    group.answer(result)
+                if shared.mem.bytes() >= NUDGE_BYTES && !shared.nudged.swap(true, Ordering::SeqCst)
+                {
+                    let _ = to_applier.send(ToApplier::Nudge);
                 }
-            },
+            }
             Work::Purge(job) => {
-                let p = job.purge;
-                let result = purge(db, cache, p.max_seq, p.older_than_ts, p.limit);
-                if result.is_ok() {
-                    // A purge commits durably: the log is in redb now.
-                    match wal.reset() {
-                        Ok(()) => checkpointed = std::time::Instant::now(),
-                        Err(e) => tracing::error!(error = %e, "cannot empty the write-ahead log"),
-                    }
+                if let Err(std::sync::mpsc::SendError(ToApplier::Purge(job))) =
+                    to_applier.send(ToApplier::Purge(job))
+                {
+                    job.answer(Err(StorageError::Unavailable(
+                        "the storage applier stopped".into(),
+                    )));
                 }
-                job.answer(result);
             }
         }
-        if !wal.is_empty()
-            && (checkpointed.elapsed() >= CHECKPOINT_EVERY || wal.len() >= CHECKPOINT_BYTES)
-        {
-            match checkpoint(db, &mut wal) {
-                Ok(()) => checkpointed = std::time::Instant::now(),
-                // The log still holds everything: nothing is lost, the next
-                // round tries again.
-                Err(e) => tracing::error!(error = %e, "checkpoint failed"),
-            }
-        }
-    }
-    if let Err(e) = checkpoint(db, &mut wal) {
-        tracing::error!(error = %e, "final checkpoint failed; the write-ahead log will be replayed at start");
+        wal.release(
+            shared.applied.load(Ordering::SeqCst),
+            SEGMENT_AGE,
+            SEGMENT_BYTES,
+        );
     }
 }
 
-/// Makes every commit so far durable in redb, then empties the log.
-fn checkpoint(db: &Database, wal: &mut Wal) -> Result<()> {
+/// Waits while the memtable is over its bound (the applier is behind).
+fn wait_for_room(shared: &Shared, to_applier: &std::sync::mpsc::Sender<ToApplier>) -> Result<()> {
+    let start = Instant::now();
+    while shared.mem.bytes() > MAX_MEMTABLE_BYTES {
+        if !shared.nudged.swap(true, Ordering::SeqCst) {
+            let _ = to_applier.send(ToApplier::Nudge);
+        }
+        if start.elapsed() > MAX_WAIT {
+            return Err(StorageError::Unavailable(
+                "the embedded engine cannot write its file (see the node's log)".into(),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
+/// The writer's view of redb for version checks: a read transaction,
+/// begun after the applier last released records from the memtable.
+#[derive(Default)]
+struct Lookup {
+    records: Option<(u64, redb::ReadOnlyTable<&'static str, &'static [u8]>)>,
+}
+
+impl Lookup {
+    /// The version stored for `key`: the memtable's, else the cache's,
+    /// else redb's.
+    fn version(&mut self, db: &Database, shared: &Shared, key: &str) -> Result<Option<Version>> {
+        if let Some(v) = shared.mem.version(key) {
+            return Ok(Some(v));
+        }
+        if let Ok(e) = shared.cache.get(key) {
+            return Ok(Some(e.record.version));
+        }
+        // A record released from the memtable since this transaction began
+        // would be missing from it: begin a new one then.
+        let applied = shared.applied.load(Ordering::SeqCst);
+        if self.records.as_ref().is_none_or(|(at, _)| *at != applied) {
+            let txn = db.begin_read().map_err(other)?;
+            self.records = Some((applied, txn.open_table(RECORDS).map_err(other)?));
+        }
+        let Some((_, records)) = &self.records else {
+            return Ok(None);
+        };
+        match records.get(key).map_err(other)? {
+            Some(bytes) => Ok(Some(codec::decode_header(key, bytes.value())?.1)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Decides which records of the group take, at which seqs; logs their
+/// effects in the write-ahead log, then makes them visible in the memtable.
+fn log_group(
+    db: &Database,
+    shared: &Shared,
+    wal: &mut Wal,
+    lookup: &mut Lookup,
+    batches: &[Batch],
+) -> Result<Vec<Vec<Applied>>> {
+    let mut last_seq = shared.last_seq.load(Ordering::SeqCst);
+    let mut max_ts = shared.max_ts.load(Ordering::SeqCst);
+    // Records stored earlier in this group, which the lookup cannot see.
+    let mut here: std::collections::HashMap<&str, &Version> = Default::default();
+    let mut log = FrameBuilder::default();
+    let mut stored = Vec::new();
+    let mut cursors = Vec::new();
+    let mut results = Vec::with_capacity(batches.len());
+    for batch in batches {
+        let mut applied = Vec::with_capacity(batch.records.len());
+        for record in &batch.records {
+            let newer = match here.get(record.key.as_str()) {
+                Some(v) => **v >= record.version,
+                None => lookup
+                    .version(db, shared, &record.key)?
+                    .is_some_and(|v| v >= record.version),
+            };
+            if newer {
+                applied.push(Applied::Stale);
+                continue;
+            }
+            last_seq += 1;
+            max_ts = max_ts.max(record.version.ts);
+            log.record(&record.key, &codec::encode(last_seq, record));
+            here.insert(&record.key, &record.version);
+            stored.push(Entry {
+                seq: last_seq,
+                record: record.clone(),
+            });
+            applied.push(Applied::Stored { seq: last_seq });
+        }
+        if let Some(cursor) = &batch.cursor {
+            log.cursor(cursor);
+            cursors.push(cursor.clone());
+        }
+        results.push(applied);
+    }
+    if log.is_empty() {
+        // Nothing stored, no cursor moved: nothing to make durable.
+        return Ok(results);
+    }
+    wal.append(&log.finish())?;
+    shared.mem.insert(stored, &cursors);
+    shared.max_ts.fetch_max(max_ts, Ordering::SeqCst);
+    shared.last_seq.store(last_seq, Ordering::SeqCst);
+    Ok(results)
+}
+
+/// The applier thread: fold the memtable into redb every `every`, or when
+/// nudged; run purges; fold in what is left when the writer goes.
+fn applier_loop(
+    db: &Database,
+    shared: &Shared,
+    inbox: std::sync::mpsc::Receiver<ToApplier>,
+    every: Duration,
+) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut last = Instant::now();
+    let mut failing = false;
+    loop {
+        let fold = match inbox.recv_timeout(every.saturating_sub(last.elapsed())) {
+            Ok(ToApplier::Purge(job)) => {
+                // Tombstones still in the memtable count too: fold it in
+                // first.
+                let p = job.purge;
+                let result = apply(db, shared)
+                    .and_then(|()| purge(db, &shared.cache, p.max_seq, p.older_than_ts, p.limit));
+                job.answer(result);
+                false
+            }
+            Ok(ToApplier::Nudge) | Err(RecvTimeoutError::Timeout) => true,
+            Err(RecvTimeoutError::Disconnected) => {
+                if let Err(e) = apply(db, shared) {
+                    tracing::error!(error = %e, "cannot write the memtable to redb at close");
+                }
+                return;
+            }
+        };
+        if fold || last.elapsed() >= every {
+            last = Instant::now();
+            match apply(db, shared) {
+                Ok(()) => failing = false,
+                // The log still holds everything: nothing is lost, the
+                // next round tries again.
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::error!(error = %e, "cannot write the memtable to redb; retrying");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// Writes what the memtable holds now to redb in one durable transaction,
+/// then releases it from the memtable.
+fn apply(db: &Database, shared: &Shared) -> Result<()> {
+    shared.nudged.store(false, Ordering::SeqCst);
+    let snap = shared.mem.snapshot();
+    if snap.is_empty() {
+        return Ok(());
+    }
     let txn = db.begin_write().map_err(other)?;
     {
-        // A durable commit persists the non-durable ones before it; it
-        // needs a change to make, so it rewrites the last seq.
-        let mut meta = txn.open_table(META).map_err(other)?;
-        let last = meta.get(LAST_SEQ).map_err(other)?.map(|v| v.value());
-        meta.insert(LAST_SEQ, last.unwrap_or(0)).map_err(other)?;
+        let mut t = Tables::open(&txn)?;
+        let mut last_seq = t.meta(LAST_SEQ)?;
+        let mut max_ts = t.meta(MAX_TS)?;
+        for e in &snap.entries {
+            let key = e.record.key.as_str();
+            let old_seq = t.stored(key)?.map(|(seq, _)| seq);
+            let bytes = codec::encode(e.seq, &e.record);
+            t.put(key, e.seq, &bytes, e.record.tombstone, old_seq)?;
+            last_seq = last_seq.max(e.seq);
+            max_ts = max_ts.max(e.record.version.ts);
+        }
+        for c in &snap.cursors {
+            t.cursors.insert(c.peer.as_str(), c.seq).map_err(other)?;
+        }
+        t.finish(last_seq, max_ts)?;
     }
     txn.commit().map_err(other)?;
-    wal.reset()
+    // In this order: a lookup that misses the memtable then sees the new
+    // count and reads redb afresh.
+    shared.applied.store(snap.groups, Ordering::SeqCst);
+    shared.mem.release(&snap);
+    Ok(())
 }
 
 /// The tables a write transaction changes, with the steps that replay and
-/// group commit share.
+/// the applier share.
 struct Tables<'txn> {
     records: redb::Table<'txn, &'static str, &'static [u8]>,
     feed: redb::Table<'txn, u64, &'static str>,
@@ -313,59 +575,6 @@ fn replay(db: &Database, frames: &[Frame]) -> Result<usize> {
     Ok(replayed)
 }
 
-/// Applies every batch, in order, in one transaction, logs its effects in
-/// the write-ahead log, and commits (visible, durable through the log).
-fn commit_group(db: &Database, wal: &mut Wal, batches: &[Batch]) -> Result<Vec<Vec<Applied>>> {
-    let mut txn = db.begin_write().map_err(other)?;
-    // Durable through the log instead: see `wal`.
-    txn.set_durability(redb::Durability::None).map_err(other)?;
-    let mut log = FrameBuilder::default();
-    let mut results = Vec::with_capacity(batches.len());
-    {
-        let mut t = Tables::open(&txn)?;
-        let mut last_seq = t.meta(LAST_SEQ)?;
-        let mut max_ts = t.meta(MAX_TS)?;
-        for batch in batches {
-            let mut applied = Vec::with_capacity(batch.records.len());
-            for record in &batch.records {
-                let old = t.stored(&record.key)?;
-                if old.as_ref().is_some_and(|(_, v)| *v >= record.version) {
-                    applied.push(Applied::Stale);
-                    continue;
-                }
-                last_seq += 1;
-                max_ts = max_ts.max(record.version.ts);
-                let stored = codec::encode(last_seq, record);
-                let old_seq = old.map(|(seq, _)| seq);
-                t.put(&record.key, last_seq, &stored, record.tombstone, old_seq)?;
-                log.record(&record.key, &stored);
-                applied.push(Applied::Stored { seq: last_seq });
-            }
-            if let Some(cursor) = &batch.cursor {
-                t.cursors
-                    .insert(cursor.peer.as_str(), cursor.seq)
-                    .map_err(other)?;
-                log.cursor(cursor);
-            }
-            results.push(applied);
-        }
-        t.finish(last_seq, max_ts)?;
-    }
-    if log.is_empty() {
-        // Nothing stored, no cursor moved: nothing to make durable.
-        txn.abort().map_err(other)?;
-        return Ok(results);
-    }
-    let before = wal.len();
-    wal.append(&log.finish())?;
-    if let Err(e) = txn.commit() {
-        // The group did not happen: its frame must not be replayed.
-        wal.rollback(before)?;
-        return Err(other(e));
-    }
-    Ok(results)
-}
-
 /// Removes old tombstones up to `max_seq`, in one transaction.
 fn purge(
     db: &Database,
@@ -416,7 +625,11 @@ fn purge(
 #[async_trait]
 impl Storage for Embedded {
     async fn get(&self, key: &str) -> Result<Option<Entry>> {
-        let generation = match self.cache.get(key) {
+        if let Some(entry) = self.shared.mem.get(key) {
+            return Ok(Some(entry));
+        }
+        let cache = &self.shared.cache;
+        let generation = match cache.get(key) {
             Ok(entry) => return Ok(Some(entry)),
             Err(generation) => generation,
         };
@@ -425,7 +638,7 @@ impl Storage for Embedded {
         match records.get(key).map_err(other)? {
             Some(bytes) => {
                 let entry = codec::decode(key, bytes.value())?;
-                self.cache.fill(&entry, generation);
+                cache.fill(&entry, generation);
                 Ok(Some(entry))
             }
             None => Ok(None),
@@ -442,18 +655,26 @@ impl Storage for Embedded {
         start_after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<String>> {
+        // The memtable first, then redb (see `memtable::merge_keys`).
+        let mem = self.shared.mem.keys(prefix, start_after);
+        let in_mem: std::collections::HashSet<&str> = mem.iter().map(|l| l.key.as_str()).collect();
         let txn = self.db.begin_read().map_err(other)?;
         let records = txn.open_table(RECORDS).map_err(other)?;
         let start = match start_after {
             Some(after) if after >= prefix => Bound::Excluded(after),
             _ => Bound::Included(prefix),
         };
-        let mut keys = Vec::new();
+        // A memtable record can hide one live key of redb's.
+        let wanted = limit.saturating_add(mem.len());
+        let mut disk = Vec::new();
+        let mut live = 0;
+        let mut complete = true;
         for item in records
             .range::<&str>((start, Bound::Unbounded))
             .map_err(other)?
         {
-            if keys.len() >= limit {
+            if live >= wanted {
+                complete = false;
                 break;
             }
             let (key, value) = item.map_err(other)?;
@@ -461,26 +682,37 @@ impl Storage for Embedded {
             if !key.starts_with(prefix) {
                 break;
             }
-            let entry = codec::decode_header(key, value.value());
-            entry?;
-            // Byte 1 holds the flags; decode_header validated the layout.
-            if value.value()[1] & 1 == 0 {
-                keys.push(key.to_owned());
+            let (seq, tombstone) = stored_kind(key, value.value())?;
+            if !tombstone {
+                live += 1;
+            }
+            if !tombstone || in_mem.contains(key) {
+                disk.push(Listed {
+                    key: key.to_owned(),
+                    seq,
+                    tombstone,
+                });
             }
         }
-        Ok(keys)
+        Ok(memtable::merge_keys(mem, disk, complete, limit))
     }
 
     async fn changes_since(&self, after: u64, limit: usize) -> Result<Vec<Entry>> {
+        // The memtable first, then redb (see `memtable::merge_feed`).
+        let mem = self.shared.mem.since(after);
         let txn = self.db.begin_read().map_err(other)?;
         let feed = txn.open_table(FEED).map_err(other)?;
         let records = txn.open_table(RECORDS).map_err(other)?;
-        let mut out = Vec::new();
+        // A memtable record can hide one row of redb's.
+        let wanted = limit.saturating_add(mem.len());
+        let mut disk = Vec::new();
+        let mut complete = true;
         for item in feed
             .range((Bound::Excluded(after), Bound::Unbounded))
             .map_err(other)?
         {
-            if out.len() >= limit {
+            if disk.len() >= wanted {
+                complete = false;
                 break;
             }
             let (seq, key) = item.map_err(other)?;
@@ -491,13 +723,13 @@ impl Storage for Embedded {
                     seq.value()
                 ))
             })?;
-            out.push(codec::decode(key, bytes.value())?);
+            disk.push(codec::decode(key, bytes.value())?);
         }
-        Ok(out)
+        Ok(memtable::merge_feed(mem, disk, complete, limit))
     }
 
     async fn feed_id(&self) -> Result<u64> {
-        self.read_meta(FEED_ID)
+        read_meta(&self.db, FEED_ID)
     }
 
     async fn new_feed_id(&self) -> Result<u64> {
@@ -517,11 +749,11 @@ impl Storage for Embedded {
     }
 
     async fn last_seq(&self) -> Result<u64> {
-        self.read_meta(LAST_SEQ)
+        Ok(self.shared.last_seq.load(Ordering::SeqCst))
     }
 
     async fn max_version_ts(&self) -> Result<u64> {
-        self.read_meta(MAX_TS)
+        Ok(self.shared.max_ts.load(Ordering::SeqCst))
     }
 
     async fn purge_tombstones(
@@ -540,12 +772,30 @@ impl Storage for Embedded {
     }
 
     async fn tombstone_count(&self) -> Result<u64> {
+        // redb's count, corrected by each memtable record it does not have
+        // yet (the memtable first, then redb).
+        let mem = self.shared.mem.all();
         let txn = self.db.begin_read().map_err(other)?;
         let tombstones = txn.open_table(TOMBSTONES).map_err(other)?;
-        tombstones.len().map_err(other)
+        let records = txn.open_table(RECORDS).map_err(other)?;
+        let mut count = tombstones.len().map_err(other)? as i64;
+        for e in mem {
+            let key = e.record.key.as_str();
+            let (seq, was) = match records.get(key).map_err(other)? {
+                Some(bytes) => stored_kind(key, bytes.value())?,
+                None => (0, false),
+            };
+            if seq < e.seq {
+                count += i64::from(e.record.tombstone) - i64::from(was);
+            }
+        }
+        Ok(count.max(0) as u64)
     }
 
     async fn cursor(&self, peer: &str) -> Result<u64> {
+        if let Some(seq) = self.shared.mem.cursor(peer) {
+            return Ok(seq);
+        }
         let txn = self.db.begin_read().map_err(other)?;
         let cursors = txn.open_table(CURSORS).map_err(other)?;
         Ok(cursors
@@ -556,7 +806,8 @@ impl Storage for Embedded {
     }
 
     async fn close(&self) -> Result<()> {
-        // The writer finishes what is queued, then exits.
+        // The writer finishes what is queued, the applier folds it all into
+        // redb, then both exit.
         self.writer.close();
         let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(thread) = thread {

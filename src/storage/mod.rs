@@ -15,6 +15,7 @@
 
 pub mod codec;
 pub mod embedded;
+pub mod memtable;
 pub mod sql;
 pub mod wal;
 pub mod writer;

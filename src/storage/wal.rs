@@ -1,21 +1,24 @@
-//! The embedded engine's write-ahead log: what makes a group commit durable
-//! with one small sequential write and one fdatasync, instead of a durable
-//! redb commit (which writes every page the group touched, then fsyncs).
+//! The embedded engine's write-ahead log: what makes a group of writes
+//! durable with one small sequential write and one fdatasync, instead of a
+//! durable redb commit (which writes every page the group touched, then
+//! fsyncs).
 //!
-//! The writer thread, for each group: applies it in a redb transaction,
-//! appends the effects (every stored record with the seq it took, every
-//! cursor moved) to this log as one frame, fdatasyncs, and only then
-//! commits the redb transaction without durability, which makes it visible
-//! to readers; then it answers. So everything a reader (or a peer pulling
-//! the feed) can see is in the log or durably in redb. Every second or so
-//! (`checkpoint`) a durable redb commit makes all of it durable in redb,
-//! and the log starts over empty.
+//! The writer thread, for each group: decides which records take (and
+//! their seqs), appends the effects (every stored record with its seq,
+//! every cursor moved) to this log as one frame, fdatasyncs, and only then
+//! puts them in the memtable (`memtable`), which makes them visible; then
+//! it answers. The applier thread folds the memtable into redb in durable
+//! transactions, in the background; once a segment's frames are all in
+//! redb, the segment is removed (`release`). So everything a reader (or a
+//! peer pulling the feed) can see is in the log or durably in redb.
 //!
 //! After a crash, redb opens at its last durable commit; `replay` then
 //! applies every logged record whose seq is above that commit's last seq,
 //! at that very seq, and every logged cursor in order, so the store is
 //! exactly as acknowledged, seqs included (peers' cursors depend on them).
 //!
+//! Segments are files `ripple.wal.NNNNNNNN` in the data dir, numbered in
+//! the order they were written.
 //! File layout: frames, each `len:u32 | crc32:u32 | payload`, where payload
 //! is `records:u32 | cursors:u32`, then each record
 //! `key_len:u32 | key | rec_len:u32 | stored record (see codec)`, then each
@@ -23,9 +26,11 @@
 //! short or failing its checksum ends the log: it was being written when
 //! the node stopped, and was never acknowledged.
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use super::{codec, Cursor, Entry, Result, StorageError};
 
@@ -158,11 +163,21 @@ fn take_u32(r: &mut &[u8]) -> Option<u32> {
     take(r, 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
 }
 
-/// The open log file.
+/// The log: numbered segment files in the data dir, appended to in turn.
 pub struct Wal {
+    dir: PathBuf,
+    /// The segment appended to.
     file: File,
     path: PathBuf,
+    number: u64,
     len: u64,
+    /// When the current segment was started.
+    started: Instant,
+    /// Frames appended since the log was opened.
+    frames: u64,
+    /// Older segments, each with the count of frames appended when it was
+    /// sealed: it can go once the applier has that many in redb.
+    sealed: VecDeque<(PathBuf, u64)>,
     /// Set when the log could not be cut back after a failed append: its
     /// tail may hold a partial frame, after which nothing may be appended
     /// (replay would stop there). Writes fail until a restart.
@@ -173,36 +188,90 @@ fn io(path: &Path, what: &str, e: std::io::Error) -> StorageError {
     StorageError::Unavailable(format!("write-ahead log {}: {what}: {e}", path.display()))
 }
 
-impl Wal {
-    /// Opens (or creates) the log in `dir`, returning the frames it holds.
-    /// A damaged tail is cut off.
-    pub fn open(dir: &Path) -> Result<(Wal, Vec<Frame>)> {
-        let path = dir.join(FILE_NAME);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&path)
-            .map_err(|e| io(&path, "cannot open", e))?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
-            .map_err(|e| io(&path, "cannot read", e))?;
-        let (frames, valid) = decode(&bytes);
-        if valid < bytes.len() {
-            tracing::warn!(
-                path = %path.display(),
-                dropped_bytes = bytes.len() - valid,
-                "the write-ahead log ends in a partial frame (written when the node stopped, never acknowledged); cutting it off"
-            );
-            file.set_len(valid as u64)
-                .and_then(|_| file.sync_all())
-                .map_err(|e| io(&path, "cannot cut the damaged tail", e))?;
+/// The log's segment files in `dir`, oldest first (a log from before
+/// segments, `ripple.wal`, comes first).
+pub fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| io(dir, "cannot list", e))?;
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| io(dir, "cannot list", e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name == FILE_NAME {
+            found.push((0, entry.path()));
+        } else if let Some(n) = name
+            .strip_prefix(FILE_NAME)
+            .and_then(|rest| rest.strip_prefix('.'))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            found.push((n, entry.path()));
         }
+    }
+    found.sort();
+    Ok(found)
+}
+
+fn segment_path(dir: &Path, number: u64) -> PathBuf {
+    dir.join(format!("{FILE_NAME}.{number:08}"))
+}
+
+/// Creates segment `number`, and makes its name durable in `dir`.
+fn create_segment(dir: &Path, number: u64) -> Result<(File, PathBuf)> {
+    let path = segment_path(dir, number);
+    let file = OpenOptions::new()
+        .append(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| io(&path, "cannot create", e))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io(dir, "cannot sync the directory", e))?;
+    Ok((file, path))
+}
+
+impl Wal {
+    /// Opens the log in `dir`, returning the frames its segments hold, in
+    /// order. Reading stops at the first damaged frame: what follows was
+    /// being written when the node stopped, and was never acknowledged.
+    /// Appends go to a new segment; call `reset` once the frames are in
+    /// redb, so they are not replayed again.
+    pub fn open(dir: &Path) -> Result<(Wal, Vec<Frame>)> {
+        let found = segments(dir)?;
+        let mut frames = Vec::new();
+        let mut damaged = false;
+        for (_, path) in &found {
+            if damaged {
+                tracing::warn!(path = %path.display(), "skipping a write-ahead log segment after a damaged one");
+                continue;
+            }
+            let mut bytes = Vec::new();
+            File::open(path)
+                .and_then(|mut f| f.read_to_end(&mut bytes))
+                .map_err(|e| io(path, "cannot read", e))?;
+            let (mut more, valid) = decode(&bytes);
+            frames.append(&mut more);
+            if valid < bytes.len() {
+                tracing::warn!(
+                    path = %path.display(),
+                    dropped_bytes = bytes.len() - valid,
+                    "the write-ahead log ends in a partial frame (written when the node stopped, never acknowledged); dropping it"
+                );
+                damaged = true;
+            }
+        }
+        let number = found.last().map(|(n, _)| n + 1).unwrap_or(1);
+        let (file, path) = create_segment(dir, number)?;
+        let sealed = found.into_iter().map(|(_, p)| (p, u64::MAX)).collect();
         Ok((
             Wal {
+                dir: dir.to_owned(),
                 file,
                 path,
-                len: valid as u64,
+                number,
+                len: 0,
+                started: Instant::now(),
+                frames: 0,
+                sealed,
                 broken: None,
             },
             frames,
@@ -211,7 +280,7 @@ impl Wal {
 
     /// Appends one frame and waits until it is on disk. On failure the log
     /// is cut back to where it was, so a frame whose group was not
-    /// committed never stays in it.
+    /// acknowledged never stays in it.
     pub fn append(&mut self, frame: &[u8]) -> Result<()> {
         if let Some(why) = &self.broken {
             return Err(StorageError::Unavailable(why.clone()));
@@ -223,6 +292,7 @@ impl Wal {
         match result {
             Ok(()) => {
                 self.len += frame.len() as u64;
+                self.frames += 1;
                 Ok(())
             }
             Err(e) => {
@@ -233,18 +303,13 @@ impl Wal {
         }
     }
 
-    /// The log's length: where the next frame goes.
-    pub fn len(&self) -> u64 {
-        self.len
+    /// Frames appended since the log was opened.
+    pub fn frames(&self) -> u64 {
+        self.frames
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Cuts the log back to `len` bytes (a frame whose group then failed
-    /// to commit).
-    pub fn rollback(&mut self, len: u64) -> Result<()> {
+    /// Cuts the current segment back to `len` bytes.
+    fn rollback(&mut self, len: u64) -> Result<()> {
         match self.file.set_len(len).and_then(|_| self.file.sync_data()) {
             Ok(()) => {
                 self.len = len;
@@ -259,9 +324,53 @@ impl Wal {
         }
     }
 
-    /// Empties the log: everything in it is durable in redb.
+    /// The applier has the first `applied` frames durably in redb: removes
+    /// the segments that hold nothing else, and starts a new segment once
+    /// the current one is `max_age` old or `max_len` long, so it can go in
+    /// its turn.
+    pub fn release(&mut self, applied: u64, max_age: Duration, max_len: u64) {
+        while self
+            .sealed
+            .front()
+            .is_some_and(|(_, frames)| *frames <= applied)
+        {
+            if let Some((path, _)) = self.sealed.pop_front() {
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::error!(path = %path.display(), error = %e, "cannot remove a write-ahead log segment");
+                }
+            }
+        }
+        if self.len > 0 && (self.started.elapsed() >= max_age || self.len >= max_len) {
+            match create_segment(&self.dir, self.number + 1) {
+                Ok((file, path)) => {
+                    let old = std::mem::replace(&mut self.path, path);
+                    self.sealed.push_back((old, self.frames));
+                    self.file = file;
+                    self.number += 1;
+                    self.len = 0;
+                    self.started = Instant::now();
+                }
+                // Appending to the current one is still right.
+                Err(e) => tracing::error!(error = %e, "cannot start a new write-ahead log segment"),
+            }
+        }
+    }
+
+    /// Everything logged is durably in redb: removes every segment but an
+    /// empty current one.
     pub fn reset(&mut self) -> Result<()> {
-        self.rollback(0)
+        while let Some((path, _)) = self.sealed.pop_front() {
+            std::fs::remove_file(&path).map_err(|e| io(&path, "cannot remove", e))?;
+        }
+        if self.len > 0 {
+            self.rollback(0)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the log holds nothing at all.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0 && self.sealed.is_empty()
     }
 }
 
@@ -331,27 +440,50 @@ mod tests {
     }
 
     #[test]
-    fn the_file_is_cut_back_to_its_last_whole_frame() {
+    fn a_torn_tail_is_dropped_and_reset_removes_what_was_replayed() {
         let dir = tempfile::tempdir().unwrap();
         let (mut wal, frames) = Wal::open(dir.path()).unwrap();
         assert!(frames.is_empty() && wal.is_empty());
-        let one = frame(&[entry(1, "a", b"x", false)], &[]);
-        wal.append(&one).unwrap();
-        drop(wal);
-        let mut f = OpenOptions::new()
-            .append(true)
-            .open(dir.path().join(FILE_NAME))
+        wal.append(&frame(&[entry(1, "a", b"x", false)], &[]))
             .unwrap();
+        drop(wal);
+        let (_, path) = segments(dir.path()).unwrap().pop().unwrap();
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(&frame(&[entry(2, "b", b"y", false)], &[])[..10])
             .unwrap();
         drop(f);
         let (mut wal, frames) = Wal::open(dir.path()).unwrap();
         assert_eq!(frames.len(), 1);
-        assert_eq!(wal.len(), one.len() as u64);
+        assert_eq!(segments(dir.path()).unwrap().len(), 2);
+        wal.reset().unwrap();
+        assert_eq!(segments(dir.path()).unwrap().len(), 1);
         wal.append(&frame(&[entry(2, "b", b"y", false)], &[]))
             .unwrap();
+        drop(wal);
         let (_, frames) = Wal::open(dir.path()).unwrap();
-        assert_eq!(frames.len(), 2);
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].records[0].seq, 2);
+    }
+
+    #[test]
+    fn segments_go_once_the_applier_has_their_frames() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(dir.path()).unwrap();
+        let count = || segments(dir.path()).unwrap().len();
+        let long = Duration::from_secs(3600);
+        for seq in 1..=3 {
+            wal.append(&frame(&[entry(seq, "k", b"v", false)], &[]))
+                .unwrap();
+            // Each segment reaches its length limit after one frame.
+            wal.release(0, long, 1);
+        }
+        assert_eq!((wal.frames(), count()), (3, 4));
+        wal.release(2, long, u64::MAX);
+        assert_eq!(count(), 2, "the segments of frames 1 and 2 are gone");
+        drop(wal);
+        let (_, frames) = Wal::open(dir.path()).unwrap();
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].records[0].seq, 3);
     }
 
     proptest! {

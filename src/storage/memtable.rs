@@ -1,0 +1,455 @@
+//! The embedded engine's memtable: what the write-ahead log has made
+//! durable but the applier has not yet folded into redb.
+//!
+//! The writer thread logs a group (one append, one fdatasync) and then puts
+//! its records and cursors here, which makes them visible. The applier
+//! thread takes a snapshot now and then, writes it to redb in one durable
+//! transaction, and only then releases it from here. So at any moment a
+//! record is in the memtable, or in redb, or both (between the applier's
+//! commit and its release); reads look here first, then in redb, and the
+//! record with the higher seq wins.
+//!
+//! The memtable holds each key's latest unapplied record only, like redb's
+//! `records` table, and the same records ordered by seq, like its `feed`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use super::{Cursor, Entry, Version};
+
+/// Records and cursors not yet in redb.
+#[derive(Default)]
+pub struct Memtable {
+    inner: RwLock<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    records: HashMap<String, Arc<Entry>>,
+    /// The same entries, by seq.
+    feed: BTreeMap<u64, Arc<Entry>>,
+    cursors: HashMap<String, u64>,
+    /// Groups put here so far (the writer's count of logged frames).
+    groups: u64,
+    /// What the records cost in memory, roughly.
+    bytes: usize,
+}
+
+/// What the applier takes to write to redb.
+pub struct Snapshot {
+    /// The records, in seq order.
+    pub entries: Vec<Arc<Entry>>,
+    pub cursors: Vec<Cursor>,
+    /// Every group up to this count is in the snapshot.
+    pub groups: u64,
+}
+
+impl Snapshot {
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.cursors.is_empty()
+    }
+}
+
+/// A key as a listing sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    pub key: String,
+    pub seq: u64,
+    pub tombstone: bool,
+}
+
+fn cost(e: &Entry) -> usize {
+    let r = &e.record;
+    2 * r.key.len() + r.value.len() + r.content_type.len() + r.version.node.len() + 160
+}
+
+impl Memtable {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The writer: one logged group's stored records (in seq order) and
+    /// moved cursors, made visible at once.
+    pub fn insert(&self, entries: Vec<Entry>, cursors: &[Cursor]) {
+        let mut m = self.write();
+        for e in entries {
+            let e = Arc::new(e);
+            m.bytes += cost(&e);
+            if let Some(old) = m.records.insert(e.record.key.clone(), e.clone()) {
+                m.feed.remove(&old.seq);
+                m.bytes -= cost(&old);
+            }
+            m.feed.insert(e.seq, e);
+        }
+        for c in cursors {
+            m.cursors.insert(c.peer.clone(), c.seq);
+        }
+        m.groups += 1;
+    }
+
+    /// The unapplied record of `key`, if any.
+    pub fn get(&self, key: &str) -> Option<Entry> {
+        let m = self.read();
+        if m.records.is_empty() {
+            return None;
+        }
+        m.records.get(key).map(|e| Entry::clone(e))
+    }
+
+    /// The version of `key`'s unapplied record, if any.
+    pub fn version(&self, key: &str) -> Option<Version> {
+        let m = self.read();
+        m.records.get(key).map(|e| e.record.version.clone())
+    }
+
+    /// The unapplied cursor of `peer`, if any.
+    pub fn cursor(&self, peer: &str) -> Option<u64> {
+        self.read().cursors.get(peer).copied()
+    }
+
+    /// Unapplied records with seq > `after`, in seq order.
+    pub fn since(&self, after: u64) -> Vec<Arc<Entry>> {
+        let m = self.read();
+        m.feed
+            .range(after.saturating_add(1)..)
+            .map(|(_, e)| e.clone())
+            .collect()
+    }
+
+    /// Every unapplied record (for counting tombstones).
+    pub fn all(&self) -> Vec<Arc<Entry>> {
+        self.read().feed.values().cloned().collect()
+    }
+
+    /// Unapplied keys starting with `prefix` and after `start_after`, in
+    /// byte order, tombstones included.
+    pub fn keys(&self, prefix: &str, start_after: Option<&str>) -> Vec<Listed> {
+        let m = self.read();
+        let mut out: Vec<Listed> = m
+            .records
+            .values()
+            .filter(|e| {
+                let k = e.record.key.as_str();
+                k.starts_with(prefix) && start_after.is_none_or(|after| k > after)
+            })
+            .map(|e| Listed {
+                key: e.record.key.clone(),
+                seq: e.seq,
+                tombstone: e.record.tombstone,
+            })
+            .collect();
+        out.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        out
+    }
+
+    /// What the applier writes next: everything here now.
+    pub fn snapshot(&self) -> Snapshot {
+        let m = self.read();
+        Snapshot {
+            entries: m.feed.values().cloned().collect(),
+            cursors: m
+                .cursors
+                .iter()
+                .map(|(peer, seq)| Cursor {
+                    peer: peer.clone(),
+                    seq: *seq,
+                })
+                .collect(),
+            groups: m.groups,
+        }
+    }
+
+    /// The applier: `snap` is durable in redb. Drops what has not changed
+    /// since (a key written again meanwhile stays, at its new seq).
+    pub fn release(&self, snap: &Snapshot) {
+        let mut m = self.write();
+        for e in &snap.entries {
+            if m.records.get(&e.record.key).is_some_and(|r| r.seq == e.seq) {
+                m.records.remove(&e.record.key);
+                m.feed.remove(&e.seq);
+                m.bytes -= cost(e);
+            }
+        }
+        for c in &snap.cursors {
+            if m.cursors.get(&c.peer) == Some(&c.seq) {
+                m.cursors.remove(&c.peer);
+            }
+        }
+    }
+
+    /// What the unapplied records cost in memory, roughly.
+    pub fn bytes(&self) -> usize {
+        self.read().bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        let m = self.read();
+        m.records.is_empty() && m.cursors.is_empty()
+    }
+}
+
+/// The change feed after `after`, at most `limit` entries, from the
+/// memtable's records (`mem`, all of them after `after`, read first) and
+/// redb's (`disk`, read after; `complete` unless cut short), each in seq
+/// order with one entry per key. Where a key is in both, the higher seq
+/// wins: the applier may have written redb and released the memtable
+/// between the two reads, never the other way round. When `disk` was cut
+/// short, nothing past its last seq is returned: redb may hold more below
+/// the memtable's next one, and a feed must not skip any.
+pub fn merge_feed(
+    mem: Vec<Arc<Entry>>,
+    disk: Vec<Entry>,
+    complete: bool,
+    limit: usize,
+) -> Vec<Entry> {
+    let end = match (complete, disk.last()) {
+        (false, Some(last)) => last.seq,
+        _ => u64::MAX,
+    };
+    let disk_seq: HashMap<&str, u64> = disk
+        .iter()
+        .map(|e| (e.record.key.as_str(), e.seq))
+        .collect();
+    let mem_seq: HashMap<&str, u64> = mem.iter().map(|e| (e.record.key.as_str(), e.seq)).collect();
+    let mut mem = mem
+        .iter()
+        .filter(|e| {
+            disk_seq
+                .get(e.record.key.as_str())
+                .is_none_or(|s| *s <= e.seq)
+        })
+        .map(|e| Entry::clone(e))
+        .peekable();
+    let mut disk = disk
+        .iter()
+        .filter(|e| {
+            mem_seq
+                .get(e.record.key.as_str())
+                .is_none_or(|s| *s < e.seq)
+        })
+        .cloned()
+        .peekable();
+    let mut out = Vec::new();
+    while out.len() < limit {
+        let next = match (mem.peek(), disk.peek()) {
+            (Some(m), Some(d)) if m.seq < d.seq => mem.next(),
+            (_, Some(_)) => disk.next(),
+            (Some(_), None) => mem.next(),
+            (None, None) => None,
+        };
+        match next {
+            Some(e) if e.seq <= end => out.push(e),
+            _ => break,
+        }
+    }
+    out
+}
+
+/// A listing: the memtable's keys (`mem`, read first) and redb's (`disk`,
+/// read after, live keys and the tombstones of keys in `mem`; `complete`
+/// unless cut short), each in byte order, merged; where a key is in both,
+/// the higher seq decides whether it is live. Returns the live keys, at
+/// most `limit`, and none past redb's last key when it was cut short.
+pub fn merge_keys(
+    mem: Vec<Listed>,
+    disk: Vec<Listed>,
+    complete: bool,
+    limit: usize,
+) -> Vec<String> {
+    let end = match (complete, disk.last()) {
+        (false, Some(last)) => Some(last.key.clone()),
+        _ => None,
+    };
+    let mut out = Vec::new();
+    let mut mem = mem.into_iter().peekable();
+    let mut disk = disk.into_iter().peekable();
+    while out.len() < limit {
+        let next = match (mem.peek(), disk.peek()) {
+            (Some(m), Some(d)) => match m.key.cmp(&d.key) {
+                std::cmp::Ordering::Less => mem.next(),
+                std::cmp::Ordering::Greater => disk.next(),
+                std::cmp::Ordering::Equal => match (mem.next(), disk.next()) {
+                    (Some(m), Some(d)) => Some(if m.seq >= d.seq { m } else { d }),
+                    (m, d) => m.or(d),
+                },
+            },
+            (Some(_), None) => mem.next(),
+            (None, Some(_)) => disk.next(),
+            (None, None) => None,
+        };
+        let Some(l) = next else { break };
+        if end.as_ref().is_some_and(|end| l.key > *end) {
+            break;
+        }
+        if !l.tombstone {
+            out.push(l.key);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::Record;
+    use proptest::prelude::*;
+
+    /// Write `i` (seq `i + 1`) goes to key `keys[i]`; it is a tombstone
+    /// when `dead[i]`.
+    fn write(i: usize, key: u8, dead: bool) -> Entry {
+        Entry {
+            seq: i as u64 + 1,
+            record: Record {
+                key: format!("k{key:02}"),
+                value: bytes::Bytes::from(format!("v{i}")),
+                content_type: String::new(),
+                version: Version {
+                    ts: i as u64 + 1,
+                    node: "n1".into(),
+                },
+                tombstone: dead,
+            },
+        }
+    }
+
+    /// Each key's latest write among the first `upto`, in seq order.
+    fn latest(writes: &[Entry], upto: usize) -> Vec<Entry> {
+        let mut by_key: BTreeMap<String, Entry> = BTreeMap::new();
+        for w in &writes[..upto] {
+            by_key.insert(w.record.key.clone(), w.clone());
+        }
+        let mut out: Vec<Entry> = by_key.into_values().collect();
+        out.sort_by_key(|e| e.seq);
+        out
+    }
+
+    /// A history, and the moments of a read: the memtable is read when
+    /// `written` writes were made and the applier had `applied_then` of
+    /// them in redb; redb is read later, holding the first `applied_now`
+    /// (which may be more than were written at the first read).
+    fn history() -> impl Strategy<Value = (Vec<Entry>, usize, usize, usize)> {
+        proptest::collection::vec((0u8..12, proptest::bool::weighted(0.2)), 1..60).prop_flat_map(
+            |ws| {
+                let writes: Vec<Entry> = ws
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (k, d))| write(i, *k, *d))
+                    .collect();
+                let n = writes.len();
+                (Just(writes), 0..=n).prop_flat_map(move |(writes, written)| {
+                    (Just(writes), Just(written), 0..=written).prop_flat_map(
+                        move |(writes, written, applied_then)| {
+                            (
+                                Just(writes),
+                                Just(written),
+                                Just(applied_then),
+                                applied_then..=n,
+                            )
+                        },
+                    )
+                })
+            },
+        )
+    }
+
+    /// The memtable as it was at the first read.
+    fn memtable(writes: &[Entry], written: usize, applied_then: usize) -> Memtable {
+        let mem = Memtable::default();
+        for w in &writes[..written] {
+            mem.insert(vec![w.clone()], &[]);
+        }
+        mem.release(&Snapshot {
+            entries: latest(writes, applied_then)
+                .into_iter()
+                .map(Arc::new)
+                .collect(),
+            cursors: Vec::new(),
+            groups: applied_then as u64,
+        });
+        mem
+    }
+
+    proptest! {
+        /// Whatever the applier did between the two reads, the merged feed
+        /// skips nothing a puller needs: every entry of the true feed (as
+        /// of the later read) up to the last seq returned is there. It may
+        /// also hold a key's previous record, when redb has the newer one
+        /// past where its read stopped; the next read brings that one.
+        #[test]
+        fn the_merged_feed_skips_nothing(
+            (writes, written, applied_then, applied_now) in history(),
+            after in 0u64..60,
+            limit in 1usize..20,
+        ) {
+            let mem = memtable(&writes, written, applied_then).since(after);
+            let on_disk: Vec<Entry> = latest(&writes, applied_now)
+                .into_iter()
+                .filter(|e| e.seq > after)
+                .collect();
+            let wanted = limit + mem.len();
+            let complete = on_disk.len() <= wanted;
+            let disk: Vec<Entry> = on_disk.into_iter().take(wanted).collect();
+            let merged = merge_feed(mem, disk, complete, limit);
+            let truth: Vec<Entry> = latest(&writes, written.max(applied_now))
+                .into_iter()
+                .filter(|e| e.seq > after)
+                .collect();
+            prop_assert!(merged.len() <= limit);
+            prop_assert!(merged.windows(2).all(|w| w[0].seq < w[1].seq), "in seq order");
+            for e in &merged {
+                prop_assert!(e.seq > after && writes[e.seq as usize - 1] == *e, "a real write");
+            }
+            let last = merged.last().map_or(after, |e| e.seq);
+            for t in truth.iter().filter(|t| t.seq <= last) {
+                prop_assert!(merged.contains(t), "{:?} skipped", t);
+            }
+            if merged.len() < limit {
+                prop_assert!(truth.iter().all(|t| merged.contains(t)), "a short answer has everything");
+            }
+        }
+
+        /// The same for a listing of live keys.
+        #[test]
+        fn the_merged_listing_is_a_prefix_of_the_truth(
+            (writes, written, applied_then, applied_now) in history(),
+            start in 0u8..12,
+            limit in 1usize..12,
+        ) {
+            let start_after = format!("k{start:02}");
+            let mem = memtable(&writes, written, applied_then).keys("k", Some(&start_after));
+            let in_mem: Vec<String> = mem.iter().map(|l| l.key.clone()).collect();
+            let mut on_disk: Vec<Entry> = latest(&writes, applied_now)
+                .into_iter()
+                .filter(|e| e.record.key > start_after)
+                .collect();
+            on_disk.sort_by(|a, b| a.record.key.cmp(&b.record.key));
+            // As the engine reads redb: live keys up to `wanted`, and the
+            // tombstones of keys in the memtable.
+            let wanted = limit + mem.len();
+            let (mut disk, mut live, mut complete) = (Vec::new(), 0, true);
+            for e in on_disk {
+                if live >= wanted {
+                    complete = false;
+                    break;
+                }
+                live += usize::from(!e.record.tombstone);
+                if !e.record.tombstone || in_mem.contains(&e.record.key) {
+                    disk.push(Listed { key: e.record.key.clone(), seq: e.seq, tombstone: e.record.tombstone });
+                }
+            }
+            let merged = merge_keys(mem, disk, complete, limit);
+            let mut truth: Vec<String> = latest(&writes, written.max(applied_now))
+                .into_iter()
+                .filter(|e| !e.record.tombstone && e.record.key > start_after)
+                .map(|e| e.record.key)
+                .collect();
+            truth.sort();
+            prop_assert_eq!(merged.len(), limit.min(truth.len()));
+            prop_assert_eq!(&merged[..], &truth[..merged.len()]);
+        }
+    }
+}
