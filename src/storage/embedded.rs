@@ -176,7 +176,10 @@ impl Embedded {
             let (db, shared) = (db.clone(), shared.clone());
             std::thread::Builder::new()
                 .name("ripple-applier".into())
-                .spawn(move || applier_loop(&db, &shared, inbox, options.apply_every))
+                .spawn(move || {
+                    lower_priority();
+                    applier_loop(&db, &shared, inbox, options.apply_every)
+                })
                 .map_err(|e| StorageError::Other(format!("cannot start applier thread: {e}")))?
         };
         let (writer, queue) = writer::queue();
@@ -436,6 +439,19 @@ fn applier_loop(
                 Err(_) => {}
             }
         }
+    }
+}
+
+/// Makes the calling thread yield the CPU to the others when they are busy
+/// (nice 10): the applier's work can wait, requests cannot.
+fn lower_priority() {
+    // SAFETY: gettid and setpriority only read their arguments.
+    let failed = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10) != 0
+    };
+    if failed {
+        tracing::debug!("cannot lower the applier's priority");
     }
 }
 
