@@ -166,8 +166,8 @@ impl Embedded {
         let shared = Arc::new(Shared {
             mem: Memtable::default(),
             cache: RecordCache::new(cache_bytes / 4),
-            last_seq: AtomicU64::new(read_meta(&db, LAST_SEQ)?),
-            max_ts: AtomicU64::new(read_meta(&db, MAX_TS)?),
+            last_seq: AtomicU64::new(read_u64(&db, META, LAST_SEQ)?),
+            max_ts: AtomicU64::new(read_u64(&db, META, MAX_TS)?),
             applied: AtomicU64::new(0),
             nudged: AtomicBool::new(false),
         });
@@ -209,10 +209,12 @@ impl Embedded {
     }
 }
 
-fn read_meta(db: &Database, name: &str) -> Result<u64> {
+/// A number kept under `name` in `table` (`meta` or `cursors`) in redb; 0
+/// when unset.
+fn read_u64(db: &Database, table: TableDefinition<&str, u64>, name: &str) -> Result<u64> {
     let txn = db.begin_read().map_err(other)?;
-    let meta = txn.open_table(META).map_err(other)?;
-    Ok(meta
+    let table = txn.open_table(table).map_err(other)?;
+    Ok(table
         .get(name)
         .map_err(other)?
         .map(|v| v.value())
@@ -745,7 +747,7 @@ impl Storage for Embedded {
     }
 
     async fn feed_id(&self) -> Result<u64> {
-        read_meta(&self.db, FEED_ID)
+        read_u64(&self.db, META, FEED_ID)
     }
 
     async fn new_feed_id(&self) -> Result<u64> {
@@ -812,13 +814,7 @@ impl Storage for Embedded {
         if let Some(seq) = self.shared.mem.cursor(peer) {
             return Ok(seq);
         }
-        let txn = self.db.begin_read().map_err(other)?;
-        let cursors = txn.open_table(CURSORS).map_err(other)?;
-        Ok(cursors
-            .get(peer)
-            .map_err(other)?
-            .map(|v| v.value())
-            .unwrap_or(0))
+        read_u64(&self.db, CURSORS, peer)
     }
 
     async fn close(&self) -> Result<()> {
