@@ -8,8 +8,11 @@
 # missing from Debian's packages, starts each store privately in a temp dir,
 # and writes bench/RESULTS.md.
 #
-#   bench/compare.sh                      # 64 connections, 100-byte values, 100k keys, 10 s
-#   CONNS=32 DURATION=5 bench/compare.sh
+#   bench/compare.sh                      # 64 connections, 100-byte values, 100k keys, 10 s, 3 rounds
+#   CONNS=32 DURATION=5 ROUNDS=1 bench/compare.sh
+#
+# Each round runs every store once; the table gives the median of the
+# rounds (and each round's ops/s), and the ratios compare medians.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +20,7 @@ CONNS=${CONNS:-64}
 VALUE_SIZE=${VALUE_SIZE:-100}
 KEYS=${KEYS:-100000}
 DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
 OUT=${OUT:-bench/RESULTS.md}
 
 need=()
@@ -122,84 +126,97 @@ EOF
     tail -n 2 "$results" >&2
 }
 
-echo "== HTTP floor" >&2
-port=$(free_port)
-"$FLOOR" "127.0.0.1:$port" >/dev/null &
-pids+=($!)
-wait_port "$port"
-wrk_run floor get "http://127.0.0.1:$port/v1/kv/x"
-kill "${pids[-1]}"
+# Every store in turn, ROUNDS times, so that each figure is a median of
+# runs spread over the whole comparison: this machine's speed drifts.
+for round in $(seq 1 "$ROUNDS"); do
+    echo "== round $round: HTTP floor" >&2
+    port=$(free_port)
+    "$FLOOR" "127.0.0.1:$port" >/dev/null &
+    pids+=($!)
+    wait_port "$port"
+    KEYS=$KEYS wrk_run floor get "http://127.0.0.1:$port" bench/wrk-ripple-get.lua
+    kill "${pids[-1]}"
 
-echo "== Ripple (embedded, durable)" >&2
-port=$(free_port)
-"$RIPPLE" serve --listen "127.0.0.1:$port" --data-dir "$work/ripple" >/dev/null 2>"$work/ripple.log" &
-pids+=($!)
-wait_port "$port"
-ripple_bench ripple put "http://127.0.0.1:$port"
-ripple_bench ripple get "http://127.0.0.1:$port" --preload
-KEYS=$KEYS wrk_run ripple get "http://127.0.0.1:$port" bench/wrk-ripple-get.lua
-kill "${pids[-1]}"
+    echo "== round $round: Ripple (embedded, durable)" >&2
+    port=$(free_port)
+    "$RIPPLE" serve --listen "127.0.0.1:$port" --data-dir "$work/ripple-$round" >/dev/null 2>"$work/ripple.log" &
+    pids+=($!)
+    wait_port "$port"
+    ripple_bench ripple put "http://127.0.0.1:$port"
+    ripple_bench ripple get "http://127.0.0.1:$port" --preload
+    KEYS=$KEYS wrk_run ripple get "http://127.0.0.1:$port" bench/wrk-ripple-get.lua
+    kill "${pids[-1]}"
 
-echo "== Redis, appendfsync always" >&2
-port=$(free_port)
-mkdir -p "$work/redis-aof"
-redis-server --port "$port" --bind 127.0.0.1 --dir "$work/redis-aof" --save '' \
-    --appendonly yes --appendfsync always --daemonize no >/dev/null &
-pids+=($!)
-wait_port "$port"
-redis_run redis-aof-always "$port"
-kill "${pids[-1]}"
+    echo "== round $round: Redis, appendfsync always" >&2
+    port=$(free_port)
+    mkdir -p "$work/redis-aof-$round"
+    redis-server --port "$port" --bind 127.0.0.1 --dir "$work/redis-aof-$round" --save '' \
+        --appendonly yes --appendfsync always --daemonize no >/dev/null &
+    pids+=($!)
+    wait_port "$port"
+    redis_run redis-aof-always "$port"
+    kill "${pids[-1]}"
 
-echo "== Redis, no persistence" >&2
-port=$(free_port)
-mkdir -p "$work/redis-mem"
-redis-server --port "$port" --bind 127.0.0.1 --dir "$work/redis-mem" --save '' \
-    --appendonly no --daemonize no >/dev/null &
-pids+=($!)
-wait_port "$port"
-redis_run redis-no-persistence "$port"
-kill "${pids[-1]}"
+    echo "== round $round: Redis, no persistence" >&2
+    port=$(free_port)
+    mkdir -p "$work/redis-mem-$round"
+    redis-server --port "$port" --bind 127.0.0.1 --dir "$work/redis-mem-$round" --save '' \
+        --appendonly no --daemonize no >/dev/null &
+    pids+=($!)
+    wait_port "$port"
+    redis_run redis-no-persistence "$port"
+    kill "${pids[-1]}"
 
-echo "== etcd 3.4" >&2
-port=$(free_port)
-peer=$(free_port)
-etcd --name bench --data-dir "$work/etcd" \
-    --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
-    --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
-    --initial-cluster "bench=http://127.0.0.1:$peer" --log-level error >/dev/null 2>&1 &
-pids+=($!)
-wait_port "$port"
-OP=put KEYS=$KEYS VALUE_SIZE=$VALUE_SIZE wrk_run etcd put "http://127.0.0.1:$port" bench/wrk-etcd.lua
-OP=range KEYS=$KEYS VALUE_SIZE=$VALUE_SIZE wrk_run etcd get "http://127.0.0.1:$port" bench/wrk-etcd.lua
-kill "${pids[-1]}"
+    echo "== round $round: etcd 3.4" >&2
+    port=$(free_port)
+    peer=$(free_port)
+    etcd --name bench --data-dir "$work/etcd-$round" \
+        --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
+        --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+        --initial-cluster "bench=http://127.0.0.1:$peer" --log-level error >/dev/null 2>&1 &
+    pids+=($!)
+    wait_port "$port"
+    OP=put KEYS=$KEYS VALUE_SIZE=$VALUE_SIZE wrk_run etcd put "http://127.0.0.1:$port" bench/wrk-etcd.lua
+    OP=range KEYS=$KEYS VALUE_SIZE=$VALUE_SIZE wrk_run etcd get "http://127.0.0.1:$port" bench/wrk-etcd.lua
+    kill "${pids[-1]}"
+done
 
 machine="$(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), Linux $(uname -r)"
-python3 - "$results" "$OUT" "$machine" "$CONNS" "$VALUE_SIZE" "$KEYS" "$DURATION" <<'EOF'
-import sys, datetime
-path, out, machine, conns, size, keys, duration = sys.argv[1:8]
+python3 - "$results" "$OUT" "$machine" "$CONNS" "$VALUE_SIZE" "$KEYS" "$DURATION" "$ROUNDS" <<'EOF'
+import sys, datetime, statistics
+path, out, machine, conns, size, keys, duration, rounds = sys.argv[1:9]
 rows = [l.split() for l in open(path) if l.strip()]
+# (store, workload, client) -> every round's (ops/s, p50, p99), in order seen.
+runs = {}
+for r in rows:
+    runs.setdefault((r[0], r[1], r[5]), []).append((float(r[2]), float(r[3]), float(r[4])))
+def median(key, i):
+    return statistics.median(run[i] for run in runs[key])
 def get(store, wl, tool=None):
-    """(ops/s,) of the first run of STORE WORKLOAD (by TOOL when given)."""
-    return next(((float(r[2]),) for r in rows if r[0] == store and r[1] == wl and tool in (None, r[5])), None)
+    """The median ops/s of STORE WORKLOAD (by TOOL when given)."""
+    key = next((k for k in runs if k[0] == store and k[1] == wl and tool in (None, k[2])), None)
+    return median(key, 0) if key else None
 lines = [
     "# Side-by-side results",
     "",
     f"Written by `bench/compare.sh` on {datetime.date.today()}: {machine}.",
     f"Every store on loopback on this one machine, client and server sharing its cores;",
-    f"{conns} connections, {size}-byte values, {keys} keys, {duration} s per run.",
+    f"{conns} connections, {size}-byte values, {keys} keys, {duration} s per run,",
+    f"{rounds} rounds (each round runs every store in turn); medians of the rounds.",
     "",
-    "| store | workload | ops/s | p50 ms | p99 ms | client |",
-    "|---|---|---:|---:|---:|---|",
+    "| store | workload | ops/s (median) | each round | p50 ms | p99 ms | client |",
+    "|---|---|---:|---|---:|---:|---|",
 ]
-for r in rows:
-    lines.append(f"| {r[0]} | {r[1]} | {float(r[2]):,.0f} | {r[3]} | {r[4]} | {r[5]} |")
-lines += ["", "## Ripple's ratios", "", "| comparison | ratio | target |", "|---|---:|---:|"]
+for key, rs in runs.items():
+    each = ", ".join(f"{r[0]:,.0f}" for r in rs)
+    lines.append(f"| {key[0]} | {key[1]} | {median(key, 0):,.0f} | {each} | {median(key, 1):g} | {median(key, 2):g} | {key[2]} |")
+lines += ["", "## Ripple's ratios (of the medians)", "", "| comparison | ratio | target |", "|---|---:|---:|"]
 def ratio(name, a, b, target):
     if a and b:
-        lines.append(f"| {name} | {a[0] / b[0]:.2f}x | {target} |")
+        lines.append(f"| {name} | {a / b:.2f}x | {target} |")
 ripple_get_wrk = get("ripple", "get", "wrk")
 ripple_get_own = get("ripple", "get", "ripple-bench")
-ratio("Ripple GET / HTTP floor (both wrk)", ripple_get_wrk, get("floor", "get"), ">= 0.8x")
+ratio("Ripple GET / HTTP floor (both wrk, same script)", ripple_get_wrk, get("floor", "get"), ">= 0.8x")
 ratio("Ripple GET (ripple bench) / Redis GET, no persistence", ripple_get_own, get("redis-no-persistence", "get"), ">= 0.8x")
 ratio("Ripple durable PUT / Redis SET, appendfsync always", get("ripple", "put"), get("redis-aof-always", "put"), ">= 0.5x")
 ratio("Ripple durable PUT / etcd PUT", get("ripple", "put"), get("etcd", "put"), ">= 3x")

@@ -384,13 +384,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         bail!("--timeout must be more than 0");
     }
     let path_prefix = keypath::encode_path(&args.key_prefix);
-    conn::request(
-        &nodes[0].target,
-        Method::GET,
-        &format!("/v1/kv/{path_prefix}0"),
-        Bytes::new(),
-    )
-    .map_err(|e| anyhow!("bad --key-prefix {:?}: {e}", args.key_prefix))?;
+    format!("/v1/kv/{path_prefix}0")
+        .parse::<hyper::Uri>()
+        .map_err(|e| anyhow!("bad --key-prefix {:?}: {e}", args.key_prefix))?;
     let duration = match args.requests {
         Some(_) => None,
         None => Some(args.duration.unwrap_or(DEFAULT_DURATION)),

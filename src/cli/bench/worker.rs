@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::Method;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -47,11 +46,11 @@ impl Op {
         }
     }
 
-    fn method(self) -> Method {
+    fn method(self) -> &'static str {
         match self {
-            Op::Get => Method::GET,
-            Op::Put => Method::PUT,
-            Op::Delete => Method::DELETE,
+            Op::Get => "GET",
+            Op::Put => "PUT",
+            Op::Delete => "DELETE",
         }
     }
 }
@@ -408,11 +407,12 @@ impl Worker {
         } else {
             Bytes::new()
         };
-        let req = match conn::request(&self.target, op.method(), &sh.path(n), body) {
-            Ok(req) => req,
-            Err(e) => return (Outcome::Failed(Failure::Other(e)), None),
+        let req = conn::Request {
+            method: op.method(),
+            path: sh.path(n),
+            body,
         };
-        let result = tokio::time::timeout(sh.timeout, self.send(req)).await;
+        let result = tokio::time::timeout(sh.timeout, self.send(&req)).await;
         let answer = match result {
             Ok(Ok(answer)) => answer,
             Ok(Err(f)) => {
@@ -433,11 +433,7 @@ impl Worker {
         (outcome, Some(answer))
     }
 
-    async fn send(
-        &mut self,
-        req: hyper::Request<http_body_util::Full<Bytes>>,
-    ) -> Result<Answer, Failure> {
-        let mut req = req;
+    async fn send(&mut self, req: &conn::Request) -> Result<Answer, Failure> {
         // A request that was never sent (the server had closed the idle
         // connection) goes once more on a fresh connection.
         for _ in 0..2 {
@@ -456,13 +452,10 @@ impl Worker {
                 self.conn = Some(conn);
             }
             let conn = self.conn.as_mut().expect("connected above");
-            match conn.send(req).await {
+            match conn.send(&self.target, req).await {
                 Ok(answer) => return Ok(answer),
-                Err(Ok(unsent)) => {
-                    self.conn = None;
-                    req = unsent;
-                }
-                Err(Err(f)) => return Err(f),
+                Err(None) => self.conn = None,
+                Err(Some(f)) => return Err(f),
             }
         }
         Err(Failure::Closed(format!(
