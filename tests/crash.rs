@@ -219,7 +219,7 @@ fn the_write_ahead_log_brings_back_what_redb_lost() {
     let (frames, valid) = ripple::storage::wal::segments(&data)
         .unwrap()
         .iter()
-        .map(|(_, path)| ripple::storage::wal::decode(&std::fs::read(path).unwrap()))
+        .map(|(n, path)| ripple::storage::wal::decode_segment(&std::fs::read(path).unwrap(), *n))
         .fold((0, 0), |(f, v), (frames, valid)| {
             (f + frames.len(), v + valid)
         });

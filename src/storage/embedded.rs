@@ -391,7 +391,7 @@ fn log_group(
         // Nothing stored, no cursor moved: nothing to make durable.
         return Ok(results);
     }
-    wal.append(&log.finish())?;
+    wal.append(log)?;
     shared.mem.insert(stored, &cursors);
     shared.max_ts.fetch_max(max_ts, Ordering::SeqCst);
     shared.last_seq.store(last_seq, Ordering::SeqCst);
