@@ -48,6 +48,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Stops the store started last and waits until it has exited, so that its
+# shutdown does not run into the next store's measurement.
+stop_last() {
+    kill "${pids[-1]}" 2>/dev/null || true
+    wait "${pids[-1]}" 2>/dev/null || true
+}
+
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
@@ -135,7 +142,7 @@ for round in $(seq 1 "$ROUNDS"); do
     pids+=($!)
     wait_port "$port"
     KEYS=$KEYS wrk_run floor get "http://127.0.0.1:$port" bench/wrk-ripple-get.lua
-    kill "${pids[-1]}"
+    stop_last
 
     echo "== round $round: Ripple (embedded, durable)" >&2
     port=$(free_port)
@@ -145,7 +152,7 @@ for round in $(seq 1 "$ROUNDS"); do
     ripple_bench ripple put "http://127.0.0.1:$port"
     ripple_bench ripple get "http://127.0.0.1:$port" --preload
     KEYS=$KEYS wrk_run ripple get "http://127.0.0.1:$port" bench/wrk-ripple-get.lua
-    kill "${pids[-1]}"
+    stop_last
 
     echo "== round $round: Redis, appendfsync always" >&2
     port=$(free_port)
@@ -155,7 +162,7 @@ for round in $(seq 1 "$ROUNDS"); do
     pids+=($!)
     wait_port "$port"
     redis_run redis-aof-always "$port"
-    kill "${pids[-1]}"
+    stop_last
 
     echo "== round $round: Redis, no persistence" >&2
     port=$(free_port)
@@ -165,7 +172,7 @@ for round in $(seq 1 "$ROUNDS"); do
     pids+=($!)
     wait_port "$port"
     redis_run redis-no-persistence "$port"
-    kill "${pids[-1]}"
+    stop_last
 
     echo "== round $round: etcd 3.4" >&2
     port=$(free_port)
@@ -178,7 +185,7 @@ for round in $(seq 1 "$ROUNDS"); do
     wait_port "$port"
     OP=put KEYS=$KEYS VALUE_SIZE=$VALUE_SIZE wrk_run etcd put "http://127.0.0.1:$port" bench/wrk-etcd.lua
     OP=range KEYS=$KEYS VALUE_SIZE=$VALUE_SIZE wrk_run etcd get "http://127.0.0.1:$port" bench/wrk-etcd.lua
-    kill "${pids[-1]}"
+    stop_last
 done
 
 machine="$(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), Linux $(uname -r)"
