@@ -133,6 +133,21 @@ EOF
     tail -n 2 "$results" >&2
 }
 
+# A private redis-server with these persistence options, measured, stopped.
+redis_store() {
+    local store=$1
+    shift
+    local port
+    port=$(free_port)
+    mkdir -p "$work/$store-$round"
+    redis-server --port "$port" --bind 127.0.0.1 --dir "$work/$store-$round" --save '' \
+        --daemonize no "$@" >/dev/null &
+    pids+=($!)
+    wait_port "$port"
+    redis_run "$store" "$port"
+    stop_last
+}
+
 # Every store in turn, ROUNDS times, so that each figure is a median of
 # runs spread over the whole comparison: this machine's speed drifts.
 for round in $(seq 1 "$ROUNDS"); do
@@ -155,24 +170,10 @@ for round in $(seq 1 "$ROUNDS"); do
     stop_last
 
     echo "== round $round: Redis, appendfsync always" >&2
-    port=$(free_port)
-    mkdir -p "$work/redis-aof-$round"
-    redis-server --port "$port" --bind 127.0.0.1 --dir "$work/redis-aof-$round" --save '' \
-        --appendonly yes --appendfsync always --daemonize no >/dev/null &
-    pids+=($!)
-    wait_port "$port"
-    redis_run redis-aof-always "$port"
-    stop_last
+    redis_store redis-aof-always --appendonly yes --appendfsync always
 
     echo "== round $round: Redis, no persistence" >&2
-    port=$(free_port)
-    mkdir -p "$work/redis-mem-$round"
-    redis-server --port "$port" --bind 127.0.0.1 --dir "$work/redis-mem-$round" --save '' \
-        --appendonly no --daemonize no >/dev/null &
-    pids+=($!)
-    wait_port "$port"
-    redis_run redis-no-persistence "$port"
-    stop_last
+    redis_store redis-no-persistence --appendonly no
 
     echo "== round $round: etcd 3.4" >&2
     port=$(free_port)

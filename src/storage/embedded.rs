@@ -33,7 +33,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use super::memtable::{self, Listed, Memtable};
 use super::wal::{Frame, FrameBuilder, Wal};
 use super::writer::{self, Purge, PurgeJob, Queue, Work, Writer};
-use super::{codec, Applied, Batch, Entry, Result, Storage, StorageError, Version};
+use super::{codec, Applied, Batch, Cursor, Entry, Result, Storage, StorageError, Version};
 
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 const FEED: TableDefinition<u64, &str> = TableDefinition::new("feed");
@@ -468,20 +468,13 @@ fn apply(db: &Database, shared: &Shared) -> Result<()> {
     let txn = db.begin_write().map_err(other)?;
     {
         let mut t = Tables::open(&txn)?;
-        let mut last_seq = t.meta(LAST_SEQ)?;
-        let mut max_ts = t.meta(MAX_TS)?;
         for e in &snap.entries {
-            let key = e.record.key.as_str();
-            let old_seq = t.stored(key)?.map(|(seq, _)| seq);
-            let bytes = codec::encode(e.seq, &e.record);
-            t.put(key, e.seq, &bytes, e.record.tombstone, old_seq)?;
-            last_seq = last_seq.max(e.seq);
-            max_ts = max_ts.max(e.record.version.ts);
+            t.store(e)?;
         }
         for c in &snap.cursors {
-            t.cursors.insert(c.peer.as_str(), c.seq).map_err(other)?;
+            t.cursor(c)?;
         }
-        t.finish(last_seq, max_ts)?;
+        t.finish()?;
     }
     txn.commit().map_err(other)?;
     // In this order: a lookup that misses the memtable then sees the new
@@ -492,69 +485,72 @@ fn apply(db: &Database, shared: &Shared) -> Result<()> {
 }
 
 /// The tables a write transaction changes, with the steps that replay and
-/// the applier share.
+/// the applier share. `last_seq` and `max_ts` start as stored and are
+/// written back by `finish`.
 struct Tables<'txn> {
     records: redb::Table<'txn, &'static str, &'static [u8]>,
     feed: redb::Table<'txn, u64, &'static str>,
     tombstones: redb::Table<'txn, u64, &'static str>,
     meta: redb::Table<'txn, &'static str, u64>,
     cursors: redb::Table<'txn, &'static str, u64>,
+    last_seq: u64,
+    max_ts: u64,
 }
 
 impl<'txn> Tables<'txn> {
     fn open(txn: &'txn redb::WriteTransaction) -> Result<Tables<'txn>> {
+        let meta = txn.open_table(META).map_err(other)?;
+        let get = |name| -> Result<u64> {
+            Ok(meta
+                .get(name)
+                .map_err(other)?
+                .map(|v| v.value())
+                .unwrap_or(0))
+        };
+        let (last_seq, max_ts) = (get(LAST_SEQ)?, get(MAX_TS)?);
         Ok(Tables {
             records: txn.open_table(RECORDS).map_err(other)?,
             feed: txn.open_table(FEED).map_err(other)?,
             tombstones: txn.open_table(TOMBSTONES).map_err(other)?,
-            meta: txn.open_table(META).map_err(other)?,
+            meta,
             cursors: txn.open_table(CURSORS).map_err(other)?,
+            last_seq,
+            max_ts,
         })
     }
 
-    /// A `meta` value (0 when unset).
-    fn meta(&self, name: &str) -> Result<u64> {
-        Ok(self
-            .meta
-            .get(name)
-            .map_err(other)?
-            .map(|v| v.value())
-            .unwrap_or(0))
-    }
-
-    /// The seq and version of `key`'s stored record, if any.
-    fn stored(&self, key: &str) -> Result<Option<(u64, Version)>> {
-        match self.records.get(key).map_err(other)? {
-            Some(bytes) => Ok(Some(codec::decode_header(key, bytes.value())?)),
-            None => Ok(None),
-        }
-    }
-
-    /// Stores `bytes` (the record encoded with `seq`) under `key`, moving
-    /// the key's feed row (and tombstone row) from `old_seq` to `seq`.
-    fn put(
-        &mut self,
-        key: &str,
-        seq: u64,
-        bytes: &[u8],
-        tombstone: bool,
-        old_seq: Option<u64>,
-    ) -> Result<()> {
+    /// Stores `e` at its seq, moving its key's feed row (and tombstone
+    /// row) from the seq it had.
+    fn store(&mut self, e: &Entry) -> Result<()> {
+        let key = e.record.key.as_str();
+        let old_seq = match self.records.get(key).map_err(other)? {
+            Some(bytes) => Some(codec::decode_header(key, bytes.value())?.0),
+            None => None,
+        };
         if let Some(old_seq) = old_seq {
             self.feed.remove(old_seq).map_err(other)?;
             self.tombstones.remove(old_seq).map_err(other)?;
         }
-        self.records.insert(key, bytes).map_err(other)?;
-        self.feed.insert(seq, key).map_err(other)?;
-        if tombstone {
-            self.tombstones.insert(seq, key).map_err(other)?;
+        self.records
+            .insert(key, codec::encode(e.seq, &e.record).as_slice())
+            .map_err(other)?;
+        self.feed.insert(e.seq, key).map_err(other)?;
+        if e.record.tombstone {
+            self.tombstones.insert(e.seq, key).map_err(other)?;
         }
+        self.last_seq = self.last_seq.max(e.seq);
+        self.max_ts = self.max_ts.max(e.record.version.ts);
         Ok(())
     }
 
-    fn finish(&mut self, last_seq: u64, max_ts: u64) -> Result<()> {
-        self.meta.insert(LAST_SEQ, last_seq).map_err(other)?;
-        self.meta.insert(MAX_TS, max_ts).map_err(other)?;
+    fn cursor(&mut self, c: &Cursor) -> Result<()> {
+        self.cursors.insert(c.peer.as_str(), c.seq).map_err(other)?;
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<()> {
+        self.meta.insert(LAST_SEQ, self.last_seq).map_err(other)?;
+        self.meta.insert(MAX_TS, self.max_ts).map_err(other)?;
         Ok(())
     }
 }
@@ -567,27 +563,17 @@ fn replay(db: &Database, frames: &[Frame]) -> Result<usize> {
     let mut replayed = 0;
     {
         let mut t = Tables::open(&txn)?;
-        let durable = t.meta(LAST_SEQ)?;
-        let mut last_seq = durable;
-        let mut max_ts = t.meta(MAX_TS)?;
+        let durable = t.last_seq;
         for frame in frames {
-            for e in &frame.records {
-                if e.seq <= durable {
-                    continue;
-                }
-                let key = e.record.key.as_str();
-                let old_seq = t.stored(key)?.map(|(seq, _)| seq);
-                let bytes = codec::encode(e.seq, &e.record);
-                t.put(key, e.seq, &bytes, e.record.tombstone, old_seq)?;
-                last_seq = last_seq.max(e.seq);
-                max_ts = max_ts.max(e.record.version.ts);
+            for e in frame.records.iter().filter(|e| e.seq > durable) {
+                t.store(e)?;
                 replayed += 1;
             }
             for c in &frame.cursors {
-                t.cursors.insert(c.peer.as_str(), c.seq).map_err(other)?;
+                t.cursor(c)?;
             }
         }
-        t.finish(last_seq, max_ts)?;
+        t.finish()?;
     }
     txn.commit().map_err(other)?;
     Ok(replayed)
