@@ -267,9 +267,8 @@ fn writer_loop(
                         group.answer(result)
                     }
                 }
-                if shared.mem.bytes() >= NUDGE_BYTES && !shared.nudged.swap(true, Ordering::SeqCst)
-                {
-                    let _ = to_applier.send(ToApplier::Nudge);
+                if shared.mem.bytes() >= NUDGE_BYTES {
+                    nudge(shared, to_applier);
                 }
             }
             Work::Purge(job) => {
@@ -290,13 +289,18 @@ fn writer_loop(
     }
 }
 
+/// Asks the applier to fold the memtable in now, unless already asked.
+fn nudge(shared: &Shared, to_applier: &std::sync::mpsc::Sender<ToApplier>) {
+    if !shared.nudged.swap(true, Ordering::SeqCst) {
+        let _ = to_applier.send(ToApplier::Nudge);
+    }
+}
+
 /// Waits while the memtable is over its bound (the applier is behind).
 fn wait_for_room(shared: &Shared, to_applier: &std::sync::mpsc::Sender<ToApplier>) -> Result<()> {
     let start = Instant::now();
     while shared.mem.bytes() > MAX_MEMTABLE_BYTES {
-        if !shared.nudged.swap(true, Ordering::SeqCst) {
-            let _ = to_applier.send(ToApplier::Nudge);
-        }
+        nudge(shared, to_applier);
         if start.elapsed() > MAX_WAIT {
             return Err(StorageError::Unavailable(
                 "the embedded engine cannot write its file (see the node's log)".into(),
@@ -778,7 +782,8 @@ impl Storage for Embedded {
     async fn tombstone_count(&self) -> Result<u64> {
         // redb's count, corrected by each memtable record it does not have
         // yet (the memtable first, then redb).
-        let mem = self.shared.mem.all();
+        // Seqs start at 1: every unapplied record.
+        let mem = self.shared.mem.since(0);
         let txn = self.db.begin_read().map_err(other)?;
         let tombstones = txn.open_table(TOMBSTONES).map_err(other)?;
         let records = txn.open_table(RECORDS).map_err(other)?;
@@ -840,8 +845,7 @@ const CACHE_SHARDS: usize = 64;
 
 /// What an entry costs the cache: its bytes and a fixed overhead.
 fn cache_cost(e: &Entry) -> usize {
-    let r = &e.record;
-    2 * r.key.len() + r.value.len() + r.content_type.len() + r.version.node.len() + 128
+    e.footprint() + 128
 }
 
 impl RecordCache {

@@ -58,9 +58,9 @@ pub struct Listed {
     pub tombstone: bool,
 }
 
+/// What a record costs the memtable: its bytes, and its place in two maps.
 fn cost(e: &Entry) -> usize {
-    let r = &e.record;
-    2 * r.key.len() + r.value.len() + r.content_type.len() + r.version.node.len() + 160
+    e.footprint() + 160
 }
 
 impl Memtable {
@@ -118,11 +118,6 @@ impl Memtable {
             .range(after.saturating_add(1)..)
             .map(|(_, e)| e.clone())
             .collect()
-    }
-
-    /// Every unapplied record (for counting tombstones).
-    pub fn all(&self) -> Vec<Arc<Entry>> {
-        self.read().feed.values().cloned().collect()
     }
 
     /// Unapplied keys starting with `prefix` and after `start_after`, in

@@ -42,6 +42,16 @@ pub struct Entry {
     pub record: Record,
 }
 
+impl Entry {
+    /// The bytes its fields take in memory, the key counted twice (a map
+    /// that holds the entry holds its key too); callers add their own
+    /// per-entry overhead.
+    pub fn footprint(&self) -> usize {
+        let r = &self.record;
+        2 * r.key.len() + r.value.len() + r.content_type.len() + r.version.node.len()
+    }
+}
+
 /// A replication cursor: the highest seq of `peer`'s feed this node applied.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cursor {
