@@ -368,6 +368,46 @@ async fn concurrent_writers_get_unique_contiguous_seqs(h: &dyn Harness) {
     assert_eq!(s.list_keys("", None, 1000).await.unwrap().len(), 400);
 }
 
+/// A feed reader never sees a record past the engine's last seq: a peer's
+/// cursor comes from the records it was sent, and a cursor past the last
+/// seq reads as a store gone back in time (it starts a new feed).
+async fn the_feed_never_runs_ahead_of_last_seq(h: &dyn Harness) {
+    let s = h.open().await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for t in 0..4u64 {
+        let (s, stop) = (s.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && i < 2_000 {
+                i += 1;
+                apply(&s, vec![rec(&format!("k{t}-{}", i % 50), "v", i)]).await;
+            }
+        }));
+    }
+    let mut after = 0;
+    let mut reads = 0u64;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while std::time::Instant::now() < deadline && writers.iter().any(|w| !w.is_finished()) {
+        let seen = s.changes_since(after, 1_000).await.unwrap();
+        let last = s.last_seq().await.unwrap();
+        if let Some(top) = seen.last() {
+            assert!(
+                top.seq <= last,
+                "the feed showed seq {} with last seq {last}",
+                top.seq
+            );
+            after = top.seq;
+        }
+        reads += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert!(reads > 0);
+}
+
 async fn closed_engine_refuses_writes(h: &dyn Harness) {
     let s = h.open().await;
     s.close().await.unwrap();
@@ -558,6 +598,7 @@ macro_rules! conformance {
                 max_version_ts_tracks_the_highest_version,
                 everything_survives_a_reopen,
                 concurrent_writers_get_unique_contiguous_seqs,
+                the_feed_never_runs_ahead_of_last_seq,
                 closed_engine_refuses_writes,
                 apply_is_idempotent_and_order_insensitive,
                 purge_takes_only_old_covered_tombstones,

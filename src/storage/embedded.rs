@@ -396,9 +396,14 @@ fn log_group(
         return Ok(results);
     }
     wal.append(log)?;
-    shared.mem.insert(stored, &cursors);
-    shared.max_ts.fetch_max(max_ts, Ordering::SeqCst);
-    shared.last_seq.store(last_seq, Ordering::SeqCst);
+    // The last seq moves with the records, under the memtable's lock: a
+    // feed reader that saw them must not then read an older last seq
+    // (its peer's cursor would run ahead of it, which reads as a store
+    // gone back in time), nor one it can see no records for yet.
+    shared.mem.insert(stored, &cursors, || {
+        shared.max_ts.fetch_max(max_ts, Ordering::SeqCst);
+        shared.last_seq.store(last_seq, Ordering::SeqCst);
+    });
     Ok(results)
 }
 
@@ -465,26 +470,39 @@ fn lower_priority() {
 /// then releases it from the memtable.
 fn apply(db: &Database, shared: &Shared) -> Result<()> {
     shared.nudged.store(false, Ordering::SeqCst);
-    let snap = shared.mem.snapshot();
-    if snap.is_empty() {
-        return Ok(());
+    // A table left frozen by a failed round first, then the active one.
+    for _ in 0..2 {
+        let Some(snap) = shared.mem.snapshot() else {
+            return Ok(());
+        };
+        let left_over = snap.left_over();
+        write_snapshot(db, shared, snap)?;
+        if !left_over {
+            break;
+        }
     }
+    Ok(())
+}
+
+/// Writes a frozen table to redb in one durable transaction, then releases
+/// it from the memtable.
+fn write_snapshot(db: &Database, shared: &Shared, snap: memtable::Snapshot) -> Result<()> {
     let txn = db.begin_write().map_err(other)?;
     {
         let mut t = Tables::open(&txn)?;
-        for e in &snap.entries {
+        for e in snap.entries() {
             t.store(e)?;
         }
-        for c in &snap.cursors {
-            t.cursor(c)?;
+        for c in snap.cursors() {
+            t.cursor(&c)?;
         }
         t.finish()?;
     }
     txn.commit().map_err(other)?;
     // In this order: a lookup that misses the memtable then sees the new
     // count and reads redb afresh.
-    shared.applied.store(snap.groups, Ordering::SeqCst);
-    shared.mem.release(&snap);
+    shared.applied.store(snap.groups(), Ordering::SeqCst);
+    shared.mem.release(snap);
     Ok(())
 }
 
@@ -524,20 +542,22 @@ impl<'txn> Tables<'txn> {
     }
 
     /// Stores `e` at its seq, moving its key's feed row (and tombstone
-    /// row) from the seq it had.
+    /// row) from the seq it had: three B-tree writes for a live record,
+    /// the old one read back from the first.
     fn store(&mut self, e: &Entry) -> Result<()> {
         let key = e.record.key.as_str();
-        let old_seq = match self.records.get(key).map_err(other)? {
-            Some(bytes) => Some(codec::decode_header(key, bytes.value())?.0),
-            None => None,
-        };
-        if let Some(old_seq) = old_seq {
-            self.feed.remove(old_seq).map_err(other)?;
-            self.tombstones.remove(old_seq).map_err(other)?;
-        }
-        self.records
+        let old = self
+            .records
             .insert(key, codec::encode(e.seq, &e.record).as_slice())
-            .map_err(other)?;
+            .map_err(other)?
+            .map(|bytes| stored_kind(key, bytes.value()))
+            .transpose()?;
+        if let Some((old_seq, was_tombstone)) = old {
+            self.feed.remove(old_seq).map_err(other)?;
+            if was_tombstone {
+                self.tombstones.remove(old_seq).map_err(other)?;
+            }
+        }
         self.feed.insert(e.seq, key).map_err(other)?;
         if e.record.tombstone {
             self.tombstones.insert(e.seq, key).map_err(other)?;

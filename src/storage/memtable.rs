@@ -17,7 +17,10 @@ use std::sync::{Arc, RwLock};
 
 use super::{Cursor, Entry, Version};
 
-/// Records and cursors not yet in redb.
+/// Records and cursors not yet in redb: the table the writer fills, and
+/// the one the applier is writing to redb, if any. Freezing and releasing
+/// swap a table in or out, so neither holds the lock longer than a pointer
+/// move: readers and the writer never wait for the applier.
 #[derive(Default)]
 pub struct Memtable {
     inner: RwLock<Inner>,
@@ -25,28 +28,55 @@ pub struct Memtable {
 
 #[derive(Default)]
 struct Inner {
+    active: Table,
+    /// Frozen by the applier, written to redb, then released. Every seq in
+    /// it is below every seq in `active`.
+    frozen: Option<Arc<Table>>,
+    /// Groups put here so far (the writer's count of logged frames).
+    groups: u64,
+}
+
+/// Each key's latest record, by key and by seq, and the moved cursors.
+#[derive(Default)]
+struct Table {
     records: HashMap<String, Arc<Entry>>,
     /// The same entries, by seq.
     feed: BTreeMap<u64, Arc<Entry>>,
     cursors: HashMap<String, u64>,
-    /// Groups put here so far (the writer's count of logged frames).
-    groups: u64,
     /// What the records cost in memory, roughly.
     bytes: usize,
+    /// Every group up to this count is in this table or an older one.
+    groups: u64,
 }
 
-/// What the applier takes to write to redb.
+/// What the applier writes to redb: a frozen table.
 pub struct Snapshot {
-    /// The records, in seq order.
-    pub entries: Vec<Arc<Entry>>,
-    pub cursors: Vec<Cursor>,
-    /// Every group up to this count is in the snapshot.
-    pub groups: u64,
+    table: Arc<Table>,
+    /// Frozen by an earlier round whose write failed.
+    left_over: bool,
 }
 
 impl Snapshot {
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty() && self.cursors.is_empty()
+    /// Frozen by an earlier round (whose write failed), not by this one.
+    pub fn left_over(&self) -> bool {
+        self.left_over
+    }
+
+    /// The records, in seq order.
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.table.feed.values().map(|e| &**e)
+    }
+
+    pub fn cursors(&self) -> impl Iterator<Item = Cursor> + '_ {
+        self.table.cursors.iter().map(|(peer, seq)| Cursor {
+            peer: peer.clone(),
+            seq: *seq,
+        })
+    }
+
+    /// Every group up to this count is in the snapshot or already in redb.
+    pub fn groups(&self) -> u64 {
+        self.table.groups
     }
 }
 
@@ -63,6 +93,17 @@ fn cost(e: &Entry) -> usize {
     e.footprint() + 160
 }
 
+impl Inner {
+    /// The tables a read looks in, newest first.
+    fn tables(&self) -> impl Iterator<Item = &Table> {
+        std::iter::once(&self.active).chain(self.frozen.as_deref())
+    }
+
+    fn record(&self, key: &str) -> Option<&Arc<Entry>> {
+        self.tables().find_map(|t| t.records.get(key))
+    }
+}
+
 impl Memtable {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
         self.inner.read().unwrap_or_else(|p| p.into_inner())
@@ -73,117 +114,134 @@ impl Memtable {
     }
 
     /// The writer: one logged group's stored records (in seq order) and
-    /// moved cursors, made visible at once.
-    pub fn insert(&self, entries: Vec<Entry>, cursors: &[Cursor]) {
+    /// moved cursors, made visible at once. `publish` runs before readers
+    /// can see them (the writer's new last seq goes there, so no reader
+    /// sees a record past it).
+    pub fn insert(&self, entries: Vec<Entry>, cursors: &[Cursor], publish: impl FnOnce()) {
+        let entries: Vec<Arc<Entry>> = entries.into_iter().map(Arc::new).collect();
+        // Records this group replaced, dropped once the lock is released.
+        let mut replaced = Vec::new();
         let mut m = self.write();
+        m.groups += 1;
+        let groups = m.groups;
+        let t = &mut m.active;
         for e in entries {
-            let e = Arc::new(e);
-            m.bytes += cost(&e);
-            if let Some(old) = m.records.insert(e.record.key.clone(), e.clone()) {
-                m.feed.remove(&old.seq);
-                m.bytes -= cost(&old);
+            t.bytes += cost(&e);
+            if let Some(old) = t.records.insert(e.record.key.clone(), e.clone()) {
+                t.feed.remove(&old.seq);
+                t.bytes -= cost(&old);
+                replaced.push(old);
             }
-            m.feed.insert(e.seq, e);
+            t.feed.insert(e.seq, e);
         }
         for c in cursors {
-            m.cursors.insert(c.peer.clone(), c.seq);
+            t.cursors.insert(c.peer.clone(), c.seq);
         }
-        m.groups += 1;
+        t.groups = groups;
+        publish();
+        drop(m);
+        drop(replaced);
     }
 
     /// The unapplied record of `key`, if any.
     pub fn get(&self, key: &str) -> Option<Entry> {
-        let m = self.read();
-        if m.records.is_empty() {
-            return None;
-        }
-        m.records.get(key).map(|e| Entry::clone(e))
+        self.read().record(key).map(|e| Entry::clone(e))
     }
 
     /// The version of `key`'s unapplied record, if any.
     pub fn version(&self, key: &str) -> Option<Version> {
-        let m = self.read();
-        m.records.get(key).map(|e| e.record.version.clone())
+        self.read().record(key).map(|e| e.record.version.clone())
     }
 
     /// The unapplied cursor of `peer`, if any.
     pub fn cursor(&self, peer: &str) -> Option<u64> {
-        self.read().cursors.get(peer).copied()
+        self.read()
+            .tables()
+            .find_map(|t| t.cursors.get(peer).copied())
     }
 
-    /// Unapplied records with seq > `after`, in seq order.
+    /// Unapplied records with seq > `after`, in seq order, one per key.
     pub fn since(&self, after: u64) -> Vec<Arc<Entry>> {
         let m = self.read();
-        m.feed
-            .range(after.saturating_add(1)..)
-            .map(|(_, e)| e.clone())
-            .collect()
+        let from = after.saturating_add(1);
+        let mut out = Vec::new();
+        if let Some(frozen) = &m.frozen {
+            out.extend(
+                frozen
+                    .feed
+                    .range(from..)
+                    .filter(|(_, e)| !m.active.records.contains_key(&e.record.key))
+                    .map(|(_, e)| e.clone()),
+            );
+        }
+        out.extend(m.active.feed.range(from..).map(|(_, e)| e.clone()));
+        out
     }
 
     /// Unapplied keys starting with `prefix` and after `start_after`, in
     /// byte order, tombstones included.
     pub fn keys(&self, prefix: &str, start_after: Option<&str>) -> Vec<Listed> {
         let m = self.read();
-        let mut out: Vec<Listed> = m
-            .records
-            .values()
-            .filter(|e| {
-                let k = e.record.key.as_str();
-                k.starts_with(prefix) && start_after.is_none_or(|after| k > after)
-            })
-            .map(|e| Listed {
-                key: e.record.key.clone(),
-                seq: e.seq,
-                tombstone: e.record.tombstone,
-            })
-            .collect();
+        let mut out: Vec<Listed> = Vec::new();
+        for (i, t) in m.tables().enumerate() {
+            out.extend(
+                t.records
+                    .values()
+                    .filter(|e| {
+                        let k = e.record.key.as_str();
+                        k.starts_with(prefix)
+                            && start_after.is_none_or(|after| k > after)
+                            // A key in the active table hides the frozen one.
+                            && (i == 0 || !m.active.records.contains_key(k))
+                    })
+                    .map(|e| Listed {
+                        key: e.record.key.clone(),
+                        seq: e.seq,
+                        tombstone: e.record.tombstone,
+                    }),
+            );
+        }
         out.sort_unstable_by(|a, b| a.key.cmp(&b.key));
         out
     }
 
-    /// What the applier writes next: everything here now.
-    pub fn snapshot(&self) -> Snapshot {
-        let m = self.read();
-        Snapshot {
-            entries: m.feed.values().cloned().collect(),
-            cursors: m
-                .cursors
-                .iter()
-                .map(|(peer, seq)| Cursor {
-                    peer: peer.clone(),
-                    seq: *seq,
-                })
-                .collect(),
-            groups: m.groups,
+    /// What the applier writes next: the frozen table if one is still
+    /// waiting (its last write failed), else the active one, frozen now;
+    /// none when there is nothing to write.
+    pub fn snapshot(&self) -> Option<Snapshot> {
+        let mut m = self.write();
+        let left_over = m.frozen.is_some();
+        if !left_over {
+            if m.active.records.is_empty() && m.active.cursors.is_empty() {
+                return None;
+            }
+            let table = std::mem::take(&mut m.active);
+            m.frozen = Some(Arc::new(table));
         }
+        m.frozen.clone().map(|table| Snapshot { table, left_over })
     }
 
-    /// The applier: `snap` is durable in redb. Drops what has not changed
-    /// since (a key written again meanwhile stays, at its new seq).
-    pub fn release(&self, snap: &Snapshot) {
+    /// The applier: `snap` is durable in redb, so it leaves the memtable.
+    pub fn release(&self, snap: Snapshot) {
         let mut m = self.write();
-        for e in &snap.entries {
-            if m.records.get(&e.record.key).is_some_and(|r| r.seq == e.seq) {
-                m.records.remove(&e.record.key);
-                m.feed.remove(&e.seq);
-                m.bytes -= cost(e);
-            }
-        }
-        for c in &snap.cursors {
-            if m.cursors.get(&c.peer) == Some(&c.seq) {
-                m.cursors.remove(&c.peer);
-            }
-        }
+        let frozen = match &m.frozen {
+            Some(t) if Arc::ptr_eq(t, &snap.table) => m.frozen.take(),
+            _ => None,
+        };
+        drop(m);
+        // The records are freed here, outside the lock.
+        drop(frozen);
     }
 
     /// What the unapplied records cost in memory, roughly.
     pub fn bytes(&self) -> usize {
-        self.read().bytes
+        self.read().tables().map(|t| t.bytes).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        let m = self.read();
-        m.records.is_empty() && m.cursors.is_empty()
+        self.read()
+            .tables()
+            .all(|t| t.records.is_empty() && t.cursors.is_empty())
     }
 }
 
@@ -351,20 +409,25 @@ mod tests {
         )
     }
 
-    /// The memtable as it was at the first read.
-    fn memtable(writes: &[Entry], written: usize, applied_then: usize) -> Memtable {
+    /// The memtable as it was at the first read: the writes up to
+    /// `applied_then` were written to redb and released, those up to
+    /// `frozen` (if beyond) are frozen, the rest are in the active table.
+    fn memtable(writes: &[Entry], written: usize, applied_then: usize, frozen: usize) -> Memtable {
         let mem = Memtable::default();
-        for w in &writes[..written] {
-            mem.insert(vec![w.clone()], &[]);
+        for w in &writes[..applied_then] {
+            mem.insert(vec![w.clone()], &[], || {});
         }
-        mem.release(&Snapshot {
-            entries: latest(writes, applied_then)
-                .into_iter()
-                .map(Arc::new)
-                .collect(),
-            cursors: Vec::new(),
-            groups: applied_then as u64,
-        });
+        if let Some(snap) = mem.snapshot() {
+            mem.release(snap);
+        }
+        let frozen = frozen.clamp(applied_then, written);
+        for w in &writes[applied_then..frozen] {
+            mem.insert(vec![w.clone()], &[], || {});
+        }
+        mem.snapshot();
+        for w in &writes[frozen..written] {
+            mem.insert(vec![w.clone()], &[], || {});
+        }
         mem
     }
 
@@ -379,8 +442,9 @@ mod tests {
             (writes, written, applied_then, applied_now) in history(),
             after in 0u64..60,
             limit in 1usize..20,
+            frozen in 0usize..60,
         ) {
-            let mem = memtable(&writes, written, applied_then).since(after);
+            let mem = memtable(&writes, written, applied_then, frozen).since(after);
             let on_disk: Vec<Entry> = latest(&writes, applied_now)
                 .into_iter()
                 .filter(|e| e.seq > after)
@@ -413,9 +477,10 @@ mod tests {
             (writes, written, applied_then, applied_now) in history(),
             start in 0u8..12,
             limit in 1usize..12,
+            frozen in 0usize..60,
         ) {
             let start_after = format!("k{start:02}");
-            let mem = memtable(&writes, written, applied_then).keys("k", Some(&start_after));
+            let mem = memtable(&writes, written, applied_then, frozen).keys("k", Some(&start_after));
             let in_mem: Vec<String> = mem.iter().map(|l| l.key.clone()).collect();
             let mut on_disk: Vec<Entry> = latest(&writes, applied_now)
                 .into_iter()
