@@ -297,12 +297,14 @@ impl DbServer {
                 ];
                 // A watchdog ends the server when this test process ends
                 // (checked through /proc: the server may run as another user,
-                // which may not signal this process).
+                // which may not signal this process), and then removes its
+                // directory: a server held in a static is never dropped.
                 let script = format!(
-                    "\"$0\" \"$@\" & srv=$!; while [ -d /proc/{} ] && kill -0 $srv 2>/dev/null; do sleep 0.5; done; kill -9 $srv 2>/dev/null",
-                    std::process::id()
+                    "\"$0\" \"$@\" & srv=$!; while [ -d /proc/{pid} ] && kill -0 $srv 2>/dev/null; do sleep 0.5; done; kill -9 $srv 2>/dev/null; wait $srv; [ -d /proc/{pid} ] || rm -rf \"$RIPPLE_TEST_SERVER_DIR\"",
+                    pid = std::process::id()
                 );
                 Command::new("sh")
+                    .env("RIPPLE_TEST_SERVER_DIR", dir)
                     .arg("-c")
                     .arg(script)
                     .arg(&self.bin)
@@ -340,7 +342,7 @@ impl DbServer {
                     String::from_utf8_lossy(&out.stderr)
                 );
                 let stop = format!(
-                    "while [ -d /proc/{} ]; do sleep 0.5; done; \"$0\" -D \"$1\" -m immediate stop",
+                    "while [ -d /proc/{} ]; do sleep 0.5; done; \"$0\" -D \"$1\" -m immediate stop; rm -rf \"$2\"",
                     std::process::id()
                 );
                 let mut watchdog = if is_root() {
@@ -356,6 +358,7 @@ impl DbServer {
                     .arg(stop)
                     .arg(&self.bin)
                     .arg(&data)
+                    .arg(dir)
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
