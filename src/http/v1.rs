@@ -38,7 +38,12 @@ const MAX_REPLICA_TIMEOUT: Duration = Duration::from_secs(600);
 pub const REPLICAS_HEADER: &str = "x-ripple-replicas";
 
 fn etag(version: &Version) -> HeaderValue {
-    HeaderValue::from_str(&format!("\"{version}\"")).unwrap_or(HeaderValue::from_static("\"\""))
+    use std::fmt::Write;
+    let mut text = String::with_capacity(20 + version.node.len());
+    // Writing to a String cannot fail.
+    let _ = write!(text, "\"{version}\"");
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
+        .unwrap_or(HeaderValue::from_static("\"\""))
 }
 
 /// A write's options: `replicas=N|all` and `timeout_ms=`.

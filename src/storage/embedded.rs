@@ -357,7 +357,7 @@ fn log_group(
     let mut last_seq = shared.last_seq.load(Ordering::SeqCst);
     let mut max_ts = shared.max_ts.load(Ordering::SeqCst);
     // Records stored earlier in this group, which the lookup cannot see.
-    let mut here: std::collections::HashMap<&str, &Version> = Default::default();
+    let mut here: super::FastMap<&str, &Version> = Default::default();
     let mut log = FrameBuilder::default();
     let mut stored = Vec::new();
     let mut cursors = Vec::new();
@@ -850,12 +850,14 @@ impl Storage for Embedded {
 /// (`generation`), so it never holds a value older than redb's.
 struct RecordCache {
     shards: Box<[Mutex<CacheShard>]>,
+    /// Picks a key's shard.
+    hasher: foldhash::fast::RandomState,
     shard_budget: usize,
 }
 
 #[derive(Default)]
 struct CacheShard {
-    map: std::collections::HashMap<String, Entry>,
+    map: super::FastMap<String, Entry>,
     bytes: usize,
     /// Bumped by every write to a key of this shard.
     generation: u64,
@@ -872,15 +874,16 @@ impl RecordCache {
     fn new(budget: usize) -> RecordCache {
         RecordCache {
             shards: (0..CACHE_SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: Default::default(),
             shard_budget: budget / CACHE_SHARDS,
         }
     }
 
     fn shard(&self, key: &str) -> std::sync::MutexGuard<'_, CacheShard> {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::hash::DefaultHasher::new();
-        key.hash(&mut h);
-        self.shards[h.finish() as usize % CACHE_SHARDS]
+        use std::hash::BuildHasher;
+        // The high bits: the shard's own map indexes by the low ones.
+        let h = self.hasher.hash_one(key);
+        self.shards[(h >> 58) as usize % CACHE_SHARDS]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
     }

@@ -13,9 +13,10 @@
 //! `records` table, and the same records ordered by seq, like its `feed`.
 
 use std::collections::{BTreeMap, HashMap};
+
 use std::sync::{Arc, RwLock};
 
-use super::{Cursor, Entry, Version};
+use super::{Cursor, Entry, FastMap, Version};
 
 /// Records and cursors not yet in redb: the table the writer fills, and
 /// the one the applier is writing to redb, if any. Freezing and releasing
@@ -39,10 +40,10 @@ struct Inner {
 /// Each key's latest record, by key and by seq, and the moved cursors.
 #[derive(Default)]
 struct Table {
-    records: HashMap<String, Arc<Entry>>,
+    records: FastMap<String, Arc<Entry>>,
     /// The same entries, by seq.
     feed: BTreeMap<u64, Arc<Entry>>,
-    cursors: HashMap<String, u64>,
+    cursors: FastMap<String, u64>,
     /// What the records cost in memory, roughly.
     bytes: usize,
     /// Every group up to this count is in this table or an older one.

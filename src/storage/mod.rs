@@ -25,6 +25,10 @@ use bytes::Bytes;
 
 pub use crate::node::version::Version;
 
+/// A hash map with a fast, per-process seeded hasher (foldhash) for the
+/// engines' in-memory indexes, which hash a key on every read and write.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 /// One key's state: a value or a tombstone, with the version that wrote it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
