@@ -3,14 +3,16 @@
 //!
 //! The writer thread logs a group (one append, one fdatasync) and then puts
 //! its records and cursors here, which makes them visible. The applier
-//! thread takes a snapshot now and then, writes it to redb in one durable
+//! thread now and then freezes what is here (the writer goes on filling a
+//! new table), writes the frozen table to redb in one durable
 //! transaction, and only then releases it from here. So at any moment a
 //! record is in the memtable, or in redb, or both (between the applier's
 //! commit and its release); reads look here first, then in redb, and the
 //! record with the higher seq wins.
 //!
-//! The memtable holds each key's latest unapplied record only, like redb's
-//! `records` table, and the same records ordered by seq, like its `feed`.
+//! Each table holds each key's latest record only, like redb's `records`
+//! table, and the same records ordered by seq, like its `feed`; a key in
+//! both tables is read from the active one.
 
 use std::collections::{BTreeMap, HashMap};
 
