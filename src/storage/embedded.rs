@@ -96,6 +96,11 @@ struct Shared {
     /// Groups the applier has durably in redb (see `Memtable::snapshot`).
     /// Bumped before the memtable lets go of them.
     applied: AtomicU64,
+    /// The highest seq redb holds, bumped with `applied`: a feed read
+    /// after it finds everything in the memtable.
+    applied_seq: AtomicU64,
+    /// This store's feed id, as in redb's meta table.
+    feed_id: AtomicU64,
     /// Set when the writer asked the applier to start early.
     nudged: AtomicBool,
 }
@@ -169,6 +174,8 @@ impl Embedded {
             last_seq: AtomicU64::new(read_u64(&db, META, LAST_SEQ)?),
             max_ts: AtomicU64::new(read_u64(&db, META, MAX_TS)?),
             applied: AtomicU64::new(0),
+            applied_seq: AtomicU64::new(read_u64(&db, META, LAST_SEQ)?),
+            feed_id: AtomicU64::new(read_u64(&db, META, FEED_ID)?),
             nudged: AtomicBool::new(false),
         });
         let (to_applier, inbox) = std::sync::mpsc::channel();
@@ -488,7 +495,7 @@ fn apply(db: &Database, shared: &Shared) -> Result<()> {
 /// it from the memtable.
 fn write_snapshot(db: &Database, shared: &Shared, snap: memtable::Snapshot) -> Result<()> {
     let txn = db.begin_write().map_err(other)?;
-    {
+    let last_seq = {
         let mut t = Tables::open(&txn)?;
         for e in snap.entries() {
             t.store(e)?;
@@ -496,11 +503,12 @@ fn write_snapshot(db: &Database, shared: &Shared, snap: memtable::Snapshot) -> R
         for c in snap.cursors() {
             t.cursor(&c)?;
         }
-        t.finish()?;
-    }
+        t.finish()?
+    };
     txn.commit().map_err(other)?;
-    // In this order: a lookup that misses the memtable then sees the new
-    // count and reads redb afresh.
+    // In this order: a lookup or a feed read that misses the memtable then
+    // sees the new count and seq, and reads redb afresh.
+    shared.applied_seq.fetch_max(last_seq, Ordering::SeqCst);
     shared.applied.store(snap.groups(), Ordering::SeqCst);
     shared.mem.release(snap);
     Ok(())
@@ -572,10 +580,11 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 
-    fn finish(mut self) -> Result<()> {
+    /// Writes back the last seq and max ts; returns the last seq.
+    fn finish(mut self) -> Result<u64> {
         self.meta.insert(LAST_SEQ, self.last_seq).map_err(other)?;
         self.meta.insert(MAX_TS, self.max_ts).map_err(other)?;
-        Ok(())
+        Ok(self.last_seq)
     }
 }
 
@@ -728,6 +737,11 @@ impl Storage for Embedded {
     async fn changes_since(&self, after: u64, limit: usize) -> Result<Vec<Entry>> {
         // The memtable first, then redb (see `memtable::merge_feed`).
         let mem = self.shared.mem.since(after);
+        if self.shared.applied_seq.load(Ordering::SeqCst) <= after {
+            // redb holds nothing after `after`: had the applier released
+            // any of it before the read above, this would be newer.
+            return Ok(memtable::merge_feed(mem, Vec::new(), true, limit));
+        }
         let txn = self.db.begin_read().map_err(other)?;
         let feed = txn.open_table(FEED).map_err(other)?;
         let records = txn.open_table(RECORDS).map_err(other)?;
@@ -757,11 +771,11 @@ impl Storage for Embedded {
     }
 
     async fn feed_id(&self) -> Result<u64> {
-        read_u64(&self.db, META, FEED_ID)
+        Ok(self.shared.feed_id.load(Ordering::SeqCst))
     }
 
     async fn new_feed_id(&self) -> Result<u64> {
-        let db = self.db.clone();
+        let (db, shared) = (self.db.clone(), self.shared.clone());
         tokio::task::spawn_blocking(move || {
             let id = super::random_feed_id();
             let txn = db.begin_write().map_err(other)?;
@@ -770,6 +784,7 @@ impl Storage for Embedded {
                 .insert(FEED_ID, id)
                 .map_err(other)?;
             txn.commit().map_err(other)?;
+            shared.feed_id.store(id, Ordering::SeqCst);
             Ok(id)
         })
         .await
@@ -972,6 +987,57 @@ mod tests {
                 tombstone: false,
             },
         }
+    }
+
+    /// A follower reading the feed while the applier folds every
+    /// millisecond sees every key: reads that skip redb (nothing there is
+    /// newer than the cursor) never miss what the applier just moved.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_follower_misses_nothing_while_the_applier_folds() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = Options {
+            apply_every: Duration::from_millis(1),
+            ..Options::default()
+        };
+        let s = Arc::new(Embedded::open_with(dir.path(), options).unwrap());
+        const KEYS: u64 = 3_000;
+        let writer = {
+            let s = s.clone();
+            tokio::spawn(async move {
+                // Ten keys a group: the writer runs ahead of the follower,
+                // so the applier folds what it has not read yet.
+                for first in (1..=KEYS).step_by(10) {
+                    let batch = Batch {
+                        records: (first..first + 10)
+                            .map(|i| entry(&format!("k{i}"), i, "v").record)
+                            .collect(),
+                        cursor: None,
+                    };
+                    s.apply(batch).await.unwrap();
+                }
+            })
+        };
+        let mut seen = std::collections::HashSet::new();
+        let mut after = 0;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while seen.len() < KEYS as usize && Instant::now() < deadline {
+            // As a feed answer: the last seq first, then the records.
+            let last = s.last_seq().await.unwrap();
+            let got = s.changes_since(after, 20).await.unwrap();
+            for e in &got {
+                seen.insert(e.record.key.clone());
+            }
+            after = match got.last() {
+                Some(e) if got.len() == 20 => e.seq,
+                Some(e) => e.seq.max(last),
+                None => last.max(after),
+            };
+            // A step behind the writer, about one fold's worth.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        writer.await.unwrap();
+        assert_eq!(seen.len(), KEYS as usize, "the follower missed keys");
+        s.close().await.unwrap();
     }
 
     #[test]
