@@ -168,13 +168,15 @@ impl Embedded {
         wal.reset()?;
 
         let db = Arc::new(db);
+        // Everything logged is in redb now.
+        let stored_last_seq = read_u64(&db, META, LAST_SEQ)?;
         let shared = Arc::new(Shared {
             mem: Memtable::default(),
             cache: RecordCache::new(cache_bytes / 4),
-            last_seq: AtomicU64::new(read_u64(&db, META, LAST_SEQ)?),
+            last_seq: AtomicU64::new(stored_last_seq),
             max_ts: AtomicU64::new(read_u64(&db, META, MAX_TS)?),
             applied: AtomicU64::new(0),
-            applied_seq: AtomicU64::new(read_u64(&db, META, LAST_SEQ)?),
+            applied_seq: AtomicU64::new(stored_last_seq),
             feed_id: AtomicU64::new(read_u64(&db, META, FEED_ID)?),
             nudged: AtomicBool::new(false),
         });
@@ -473,7 +475,8 @@ fn lower_priority() {
     }
 }
 
-/// Writes what the memtable holds now to redb in one durable transaction,
+/// Writes what the memtable holds now to redb (a table left frozen by a
+/// failed round, then the active one), each in one durable transaction,
 /// then releases it from the memtable.
 fn apply(db: &Database, shared: &Shared) -> Result<()> {
     shared.nudged.store(false, Ordering::SeqCst);
