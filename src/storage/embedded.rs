@@ -101,6 +101,9 @@ struct Shared {
     applied_seq: AtomicU64,
     /// This store's feed id, as in redb's meta table.
     feed_id: AtomicU64,
+    /// Held while a new feed id is written and then kept, so that two at
+    /// once cannot leave `feed_id` other than redb's.
+    new_feed: Mutex<()>,
     /// Set when the writer asked the applier to start early.
     nudged: AtomicBool,
 }
@@ -178,6 +181,7 @@ impl Embedded {
             applied: AtomicU64::new(0),
             applied_seq: AtomicU64::new(stored_last_seq),
             feed_id: AtomicU64::new(read_u64(&db, META, FEED_ID)?),
+            new_feed: Mutex::new(()),
             nudged: AtomicBool::new(false),
         });
         let (to_applier, inbox) = std::sync::mpsc::channel();
@@ -780,6 +784,7 @@ impl Storage for Embedded {
     async fn new_feed_id(&self) -> Result<u64> {
         let (db, shared) = (self.db.clone(), self.shared.clone());
         tokio::task::spawn_blocking(move || {
+            let _one_at_a_time = shared.new_feed.lock().unwrap_or_else(|p| p.into_inner());
             let id = super::random_feed_id();
             let txn = db.begin_write().map_err(other)?;
             txn.open_table(META)
