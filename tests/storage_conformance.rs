@@ -6,7 +6,7 @@ mod common;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -373,13 +373,13 @@ async fn concurrent_writers_get_unique_contiguous_seqs(h: &dyn Harness) {
 /// seq reads as a store gone back in time (it starts a new feed).
 async fn the_feed_never_runs_ahead_of_last_seq(h: &dyn Harness) {
     let s = h.open().await;
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
     let mut writers = Vec::new();
     for t in 0..4u64 {
         let (s, stop) = (s.clone(), stop.clone());
         writers.push(tokio::spawn(async move {
             let mut i = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) && i < 2_000 {
+            while !stop.load(Ordering::Relaxed) && i < 2_000 {
                 i += 1;
                 apply(&s, vec![rec(&format!("k{t}-{}", i % 50), "v", i)]).await;
             }
@@ -387,7 +387,7 @@ async fn the_feed_never_runs_ahead_of_last_seq(h: &dyn Harness) {
     }
     let mut after = 0;
     let mut reads = 0u64;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
     while std::time::Instant::now() < deadline && writers.iter().any(|w| !w.is_finished()) {
         let seen = s.changes_since(after, 1_000).await.unwrap();
         let last = s.last_seq().await.unwrap();
@@ -401,7 +401,7 @@ async fn the_feed_never_runs_ahead_of_last_seq(h: &dyn Harness) {
         }
         reads += 1;
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
     for w in writers {
         w.await.unwrap();
     }

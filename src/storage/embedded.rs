@@ -873,7 +873,7 @@ impl Storage for Embedded {
 /// (`generation`), so it never holds a value older than redb's.
 struct RecordCache {
     shards: Box<[Mutex<CacheShard>]>,
-    /// Picks a key's shard.
+    /// Picks a key's shard (seeded apart from the shards' own maps).
     hasher: foldhash::fast::RandomState,
     shard_budget: usize,
 }
@@ -904,9 +904,8 @@ impl RecordCache {
 
     fn shard(&self, key: &str) -> std::sync::MutexGuard<'_, CacheShard> {
         use std::hash::BuildHasher;
-        // The high bits: the shard's own map indexes by the low ones.
         let h = self.hasher.hash_one(key);
-        self.shards[(h >> 58) as usize % CACHE_SHARDS]
+        self.shards[h as usize % CACHE_SHARDS]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
     }

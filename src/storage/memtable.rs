@@ -15,7 +15,6 @@
 //! both tables is read from the active one.
 
 use std::collections::{BTreeMap, HashMap};
-
 use std::sync::{Arc, RwLock};
 
 use super::{Cursor, Entry, FastMap, Version};
@@ -94,6 +93,12 @@ pub struct Listed {
 /// What a record costs the memtable: its bytes, and its place in two maps.
 fn cost(e: &Entry) -> usize {
     e.footprint() + 160
+}
+
+impl Table {
+    fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.cursors.is_empty()
+    }
 }
 
 impl Inner {
@@ -215,7 +220,7 @@ impl Memtable {
         let mut m = self.write();
         let left_over = m.frozen.is_some();
         if !left_over {
-            if m.active.records.is_empty() && m.active.cursors.is_empty() {
+            if m.active.is_empty() {
                 return None;
             }
             let table = std::mem::take(&mut m.active);
@@ -242,9 +247,7 @@ impl Memtable {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.read()
-            .tables()
-            .all(|t| t.records.is_empty() && t.cursors.is_empty())
+        self.read().tables().all(Table::is_empty)
     }
 }
 
