@@ -31,7 +31,7 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::memtable::{self, Listed, Memtable};
-use super::wal::{Frame, FrameBuilder, Wal};
+use super::wal::{Frame, FrameBuilder, Retirer, Wal};
 use super::writer::{self, Purge, PurgeJob, Queue, Work, Writer};
 use super::{codec, Applied, Batch, Cursor, Entry, Result, Storage, StorageError, Version};
 
@@ -81,9 +81,11 @@ const NUDGE_BYTES: usize = 16 << 20;
 const MAX_MEMTABLE_BYTES: usize = 64 << 20;
 /// ...failing writes after this long (the applier cannot write redb).
 const MAX_WAIT: Duration = Duration::from_secs(30);
-/// A log segment is sealed at this age or length, so it can be removed
-/// once the applier has its frames.
-const SEGMENT_AGE: Duration = Duration::from_secs(1);
+/// A log segment is sealed at the fold interval's age (at least this) or
+/// at this length, so that it can be removed once the applier has its
+/// frames. One rotation per fold keeps the writer's file work (a rename
+/// and a directory sync) rare.
+const MIN_SEGMENT_AGE: Duration = Duration::from_secs(1);
 const SEGMENT_BYTES: u64 = 64 << 20;
 
 /// What readers, the writer and the applier share.
@@ -185,13 +187,14 @@ impl Embedded {
             nudged: AtomicBool::new(false),
         });
         let (to_applier, inbox) = std::sync::mpsc::channel();
+        let segment_age = options.apply_every.max(MIN_SEGMENT_AGE);
         let applier = {
-            let (db, shared) = (db.clone(), shared.clone());
+            let (db, shared, retirer) = (db.clone(), shared.clone(), wal.retirer());
             std::thread::Builder::new()
                 .name("ripple-applier".into())
                 .spawn(move || {
                     lower_priority();
-                    applier_loop(&db, &shared, inbox, options.apply_every)
+                    applier_loop(&db, &shared, &retirer, inbox, options.apply_every)
                 })
                 .map_err(|e| StorageError::Other(format!("cannot start applier thread: {e}")))?
         };
@@ -201,7 +204,7 @@ impl Embedded {
             std::thread::Builder::new()
                 .name("ripple-writer".into())
                 .spawn(move || {
-                    writer_loop(&db, &shared, queue, &mut wal, &to_applier);
+                    writer_loop(&db, &shared, queue, &mut wal, segment_age, &to_applier);
                     // The applier folds in what is left, then exits.
                     drop(to_applier);
                     let finished = applier.join().is_ok() && shared.mem.is_empty();
@@ -252,6 +255,7 @@ fn writer_loop(
     shared: &Shared,
     mut queue: Queue,
     wal: &mut Wal,
+    segment_age: Duration,
     to_applier: &std::sync::mpsc::Sender<ToApplier>,
 ) {
     let mut lookup = Lookup::default();
@@ -294,11 +298,7 @@ fn writer_loop(
                 }
             }
         }
-        wal.release(
-            shared.applied.load(Ordering::SeqCst),
-            SEGMENT_AGE,
-            SEGMENT_BYTES,
-        );
+        wal.rotate_when_due(segment_age, SEGMENT_BYTES);
     }
 }
 
@@ -421,15 +421,22 @@ fn log_group(
 }
 
 /// The applier thread: fold the memtable into redb every `every`, or when
-/// nudged; run purges; fold in what is left when the writer goes.
+/// nudged, and retire the log segments folded in; run purges; fold in what
+/// is left when the writer goes.
 fn applier_loop(
     db: &Database,
     shared: &Shared,
+    retirer: &Retirer,
     inbox: std::sync::mpsc::Receiver<ToApplier>,
     every: Duration,
 ) {
     use std::sync::mpsc::RecvTimeoutError;
-    let mut last = Instant::now();
+    // The first fold comes after a random part of the interval, so nodes
+    // started together (several on one machine) do not fold in step.
+    let phase = every.mul_f64((super::random_u64() % 1000) as f64 / 1000.0);
+    let mut last = Instant::now()
+        .checked_sub(phase)
+        .unwrap_or_else(Instant::now);
     let mut failing = false;
     loop {
         let fold = match inbox.recv_timeout(every.saturating_sub(last.elapsed())) {
@@ -453,7 +460,10 @@ fn applier_loop(
         if fold || last.elapsed() >= every {
             last = Instant::now();
             match apply(db, shared) {
-                Ok(()) => failing = false,
+                Ok(()) => {
+                    failing = false;
+                    retirer.retire(shared.applied.load(Ordering::SeqCst));
+                }
                 // The log still holds everything: nothing is lost, the
                 // next round tries again.
                 Err(e) if !failing => {
@@ -467,7 +477,9 @@ fn applier_loop(
 }
 
 /// Makes the calling thread yield the CPU to the others when they are busy
-/// (nice 10): the applier's work can wait, requests cannot.
+/// (nice 10): the applier's work can wait, requests cannot. Not
+/// `SCHED_IDLE`: that gives it no share at all of a saturated machine,
+/// and writes wait for the applier once the memtable is full.
 fn lower_priority() {
     // SAFETY: gettid and setpriority only read their arguments.
     let failed = unsafe {

@@ -161,6 +161,11 @@ pub trait Storage: Send + Sync + 'static {
 
 /// A fresh random feed id (never 0, which means "none" on the wire).
 pub fn random_feed_id() -> u64 {
+    random_u64().max(1)
+}
+
+/// A random number, different in every call and process (not for secrets).
+pub fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
@@ -170,5 +175,5 @@ pub fn random_feed_id() -> u64 {
             .unwrap_or(0),
     );
     h.write_u32(std::process::id());
-    h.finish().max(1)
+    h.finish()
 }

@@ -9,8 +9,9 @@
 //! puts them in the memtable (`memtable`), which makes them visible; then
 //! it answers. The applier thread folds the memtable into redb in durable
 //! transactions, in the background; once a segment's frames are all in
-//! redb, the segment is removed (`release`). So everything a reader (or a
-//! peer pulling the feed) can see is in the log or durably in redb.
+//! redb, the applier retires the segment (`Retirer::retire`: renames and
+//! unlinks never hold up the writer). So everything a reader (or a peer
+//! pulling the feed) can see is in the log or durably in redb.
 //!
 //! After a crash, redb opens at its last durable commit; `replay` then
 //! applies every logged record whose seq is above that commit's last seq,
@@ -34,6 +35,7 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::{codec, Cursor, Entry, Result, StorageError};
@@ -211,14 +213,67 @@ pub struct Wal {
     started: Instant,
     /// Frames appended since the log was opened.
     frames: u64,
-    /// Older segments, each with the count of frames appended when it was
-    /// sealed: it can go once the applier has that many in redb.
-    sealed: VecDeque<(PathBuf, u64)>,
-    spares: Vec<PathBuf>,
+    shelf: Arc<Mutex<Shelf>>,
     /// Set when the log could not be cut back after a failed append: its
     /// tail may hold a partial frame, after which nothing may be appended
     /// (replay would stop there). Writes fail until a restart.
     broken: Option<String>,
+}
+
+/// The sealed segments and the spares, shared by the writer (which seals
+/// the current segment and takes a spare for the next) and the applier
+/// (which retires what it has folded in).
+#[derive(Default)]
+struct Shelf {
+    /// Older segments, each with the count of frames appended when it was
+    /// sealed: it can go once the applier has that many in redb.
+    sealed: VecDeque<(PathBuf, u64)>,
+    spares: Vec<PathBuf>,
+}
+
+fn lock(shelf: &Mutex<Shelf>) -> MutexGuard<'_, Shelf> {
+    // A panic while holding it cannot leave the lists half changed.
+    shelf.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Retires the segments the applier no longer needs: keeps them as spares
+/// or removes them. Renames and unlinks (a few ms on a busy disk) happen on
+/// the caller's thread, never the writer's.
+#[derive(Clone)]
+pub struct Retirer {
+    dir: PathBuf,
+    shelf: Arc<Mutex<Shelf>>,
+}
+
+impl Retirer {
+    /// The applier has the first `applied` frames durably in redb: retires
+    /// the sealed segments that hold nothing else.
+    pub fn retire(&self, applied: u64) {
+        let (done, room) = {
+            let mut shelf = lock(&self.shelf);
+            let mut done = Vec::new();
+            while let Some((path, _)) = shelf.sealed.pop_front_if(|(_, frames)| *frames <= applied)
+            {
+                done.push(path);
+            }
+            (done, SPARES.saturating_sub(shelf.spares.len()))
+        };
+        let mut kept = Vec::new();
+        for path in done {
+            let spare = self.dir.join(format!(
+                "{SPARE_PREFIX}{}",
+                path.extension().and_then(|e| e.to_str()).unwrap_or("0")
+            ));
+            if kept.len() < room && std::fs::rename(&path, &spare).is_ok() {
+                kept.push(spare);
+            } else if let Err(e) = std::fs::remove_file(&path) {
+                tracing::error!(path = %path.display(), error = %e, "cannot remove a write-ahead log segment");
+            }
+        }
+        if !kept.is_empty() {
+            lock(&self.shelf).spares.extend(kept);
+        }
+    }
 }
 
 /// Most spare segment files kept.
@@ -322,8 +377,10 @@ impl Wal {
             size: 0,
             started: Instant::now(),
             frames: 0,
-            sealed: found.into_iter().map(|(_, p)| (p, u64::MAX)).collect(),
-            spares,
+            shelf: Arc::new(Mutex::new(Shelf {
+                sealed: found.into_iter().map(|(_, p)| (p, u64::MAX)).collect(),
+                spares,
+            })),
             broken: None,
         };
         wal.start_segment()?;
@@ -335,7 +392,8 @@ impl Wal {
     fn start_segment(&mut self) -> Result<()> {
         let number = self.number + 1;
         let path = segment_path(&self.dir, number);
-        let file = match self.spares.pop() {
+        let spare = lock(&self.shelf).spares.pop();
+        let file = match spare {
             Some(spare) => {
                 std::fs::rename(&spare, &path).map_err(|e| io(&spare, "cannot reuse", e))?;
                 OpenOptions::new()
@@ -359,17 +417,11 @@ impl Wal {
         Ok(())
     }
 
-    /// Keeps a segment nobody needs as a spare, or removes it.
-    fn retire(&mut self, path: PathBuf) {
-        let spare = self.dir.join(format!(
-            "{SPARE_PREFIX}{}",
-            path.extension().and_then(|e| e.to_str()).unwrap_or("0")
-        ));
-        let kept = self.spares.len() < SPARES && std::fs::rename(&path, &spare).is_ok();
-        if kept {
-            self.spares.push(spare);
-        } else if let Err(e) = std::fs::remove_file(&path) {
-            tracing::error!(path = %path.display(), error = %e, "cannot remove a write-ahead log segment");
+    /// What retires this log's sealed segments, for the applier.
+    pub fn retirer(&self) -> Retirer {
+        Retirer {
+            dir: self.dir.clone(),
+            shelf: self.shelf.clone(),
         }
     }
 
@@ -431,24 +483,13 @@ impl Wal {
         }
         let old = self.path.clone();
         self.start_segment()?;
-        self.sealed.push_back((old, self.frames));
+        lock(&self.shelf).sealed.push_back((old, self.frames));
         Ok(())
     }
 
-    /// The applier has the first `applied` frames durably in redb: retires
-    /// the segments that hold nothing else, and starts a new segment once
-    /// the current one is `max_age` old or `max_len` long, so it can go in
-    /// its turn.
-    pub fn release(&mut self, applied: u64, max_age: Duration, max_len: u64) {
-        while self
-            .sealed
-            .front()
-            .is_some_and(|(_, frames)| *frames <= applied)
-        {
-            if let Some((path, _)) = self.sealed.pop_front() {
-                self.retire(path);
-            }
-        }
+    /// Seals the current segment and starts a new one once it is `max_age`
+    /// old or `max_len` long, so that it can be retired in its turn.
+    pub fn rotate_when_due(&mut self, max_age: Duration, max_len: u64) {
         if self.len > 0 && (self.started.elapsed() >= max_age || self.len >= max_len) {
             // Appending to the current one is still right.
             if let Err(e) = self.rotate() {
@@ -463,15 +504,13 @@ impl Wal {
         if self.len > 0 {
             self.rotate()?;
         }
-        while let Some((path, _)) = self.sealed.pop_front() {
-            self.retire(path);
-        }
+        self.retirer().retire(u64::MAX);
         Ok(())
     }
 
     /// Whether the log holds nothing at all.
     pub fn is_empty(&self) -> bool {
-        self.len == 0 && self.sealed.is_empty()
+        self.len == 0 && lock(&self.shelf).sealed.is_empty()
     }
 }
 
@@ -501,6 +540,12 @@ mod tests {
                 tombstone,
             },
         }
+    }
+
+    /// What the applier and the writer do between them after a group.
+    fn release(wal: &mut Wal, applied: u64, max_age: Duration, max_len: u64) {
+        wal.retirer().retire(applied);
+        wal.rotate_when_due(max_age, max_len);
     }
 
     fn builder(entries: &[Entry], cursors: &[Cursor]) -> FrameBuilder {
@@ -588,10 +633,10 @@ mod tests {
             wal.append(builder(&[entry(seq, "k", b"v", false)], &[]))
                 .unwrap();
             // Each segment reaches its length limit after one frame.
-            wal.release(0, long, 1);
+            release(&mut wal, 0, long, 1);
         }
         assert_eq!((wal.frames(), count()), (3, 4));
-        wal.release(2, long, u64::MAX);
+        release(&mut wal, 2, long, u64::MAX);
         assert_eq!(count(), 2, "the segments of frames 1 and 2 are gone");
         drop(wal);
         let (_, frames) = Wal::open(dir.path()).unwrap();
@@ -612,14 +657,14 @@ mod tests {
         for i in 0..3 {
             append(&mut wal, 10 * i + 1);
             append(&mut wal, 10 * i + 2);
-            wal.release(0, long, 1);
+            release(&mut wal, 0, long, 1);
         }
         // Segments 1 to 3 are done with: two are kept as spares.
-        wal.release(6, long, u64::MAX);
+        release(&mut wal, 6, long, u64::MAX);
         assert_eq!(segments(dir.path()).unwrap().len(), 1);
-        assert_eq!(wal.spares.len(), SPARES);
+        assert_eq!(lock(&wal.shelf).spares.len(), SPARES);
         append(&mut wal, 31);
-        wal.release(6, long, 1);
+        release(&mut wal, 6, long, 1);
         // Segment 5 is a spare written over: of its two old frames, the
         // second is still whole in the file, right after the new one. Its
         // checksum, salted with its old segment's number, keeps it out.
