@@ -249,7 +249,7 @@ fn stored_kind(key: &str, bytes: &[u8]) -> Result<(u64, bool)> {
 }
 
 /// The writer thread: log each group, hand purges to the applier, and
-/// remove the log segments the applier no longer needs.
+/// seal the log's segment when it is due (the applier retires it).
 fn writer_loop(
     db: &Database,
     shared: &Shared,
@@ -431,9 +431,11 @@ fn applier_loop(
     every: Duration,
 ) {
     use std::sync::mpsc::RecvTimeoutError;
-    // The first fold comes after a random part of the interval, so nodes
-    // started together (several on one machine) do not fold in step.
-    let phase = every.mul_f64((super::random_u64() % 1000) as f64 / 1000.0);
+    // The first fold comes up to 10 s early (a random part of the
+    // interval, at most that), so nodes started together (several on one
+    // machine) do not fold in step.
+    let spread = every.min(Duration::from_secs(10));
+    let phase = spread.mul_f64((super::random_u64() % 1000) as f64 / 1000.0);
     let mut last = Instant::now()
         .checked_sub(phase)
         .unwrap_or_else(Instant::now);

@@ -9,8 +9,10 @@
 //! puts them in the memtable (`memtable`), which makes them visible; then
 //! it answers. The applier thread folds the memtable into redb in durable
 //! transactions, in the background; once a segment's frames are all in
-//! redb, the applier retires the segment (`Retirer::retire`: renames and
-//! unlinks never hold up the writer). So everything a reader (or a peer
+//! redb, the applier retires the segment (`Retirer::retire`), so the
+//! writer never waits on that rename or unlink; the writer's own file work
+//! is starting the next segment (a rename and a directory sync), once per
+//! fold interval. So everything a reader (or a peer
 //! pulling the feed) can see is in the log or durably in redb.
 //!
 //! After a crash, redb opens at its last durable commit; `replay` then
@@ -642,6 +644,39 @@ mod tests {
         let (_, frames) = Wal::open(dir.path()).unwrap();
         assert_eq!(frames.len(), 1);
         assert_eq!(frames[0].records[0].seq, 3);
+    }
+
+    #[test]
+    fn the_applier_retires_while_the_writer_rotates() {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(dir.path()).unwrap();
+        let applied = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let applier = {
+            let (retirer, applied, stop) = (wal.retirer(), applied.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    retirer.retire(applied.load(Ordering::SeqCst));
+                }
+            })
+        };
+        let long = Duration::from_secs(3600);
+        for seq in 1..=200 {
+            wal.append(builder(&[entry(seq, "k", b"v", false)], &[]))
+                .unwrap();
+            // One frame per segment; redb has all but the last five.
+            wal.rotate_when_due(long, 1);
+            applied.store(seq.saturating_sub(5), Ordering::SeqCst);
+        }
+        stop.store(true, Ordering::SeqCst);
+        applier.join().unwrap();
+        assert!(files(dir.path()).unwrap().1.len() <= SPARES);
+        drop(wal);
+        let (_, frames) = Wal::open(dir.path()).unwrap();
+        let seqs = seqs(&frames);
+        assert!(seqs.ends_with(&[196, 197, 198, 199, 200]), "{seqs:?}");
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
     }
 
     #[test]
