@@ -12,8 +12,8 @@
 //! redb, the applier retires the segment (`Retirer::retire`), so the
 //! writer never waits on that rename or unlink; the writer's own file work
 //! is starting the next segment (a rename and a directory sync), once per
-//! fold interval. So everything a reader (or a peer
-//! pulling the feed) can see is in the log or durably in redb.
+//! fold interval. So everything a reader (or a peer pulling the feed) can
+//! see is in the log or durably in redb.
 //!
 //! After a crash, redb opens at its last durable commit; `replay` then
 //! applies every logged record whose seq is above that commit's last seq,
@@ -225,7 +225,6 @@ pub struct Wal {
 /// The sealed segments and the spares, shared by the writer (which seals
 /// the current segment and takes a spare for the next) and the applier
 /// (which retires what it has folded in).
-#[derive(Default)]
 struct Shelf {
     /// Older segments, each with the count of frames appended when it was
     /// sealed: it can go once the applier has that many in redb.
@@ -254,9 +253,12 @@ impl Retirer {
         let (done, room) = {
             let mut shelf = lock(&self.shelf);
             let mut done = Vec::new();
-            while let Some((path, _)) = shelf.sealed.pop_front_if(|(_, frames)| *frames <= applied)
+            while shelf
+                .sealed
+                .front()
+                .is_some_and(|(_, frames)| *frames <= applied)
             {
-                done.push(path);
+                done.extend(shelf.sealed.pop_front().map(|(path, _)| path));
             }
             (done, SPARES.saturating_sub(shelf.spares.len()))
         };
