@@ -83,8 +83,8 @@ const MAX_MEMTABLE_BYTES: usize = 64 << 20;
 const MAX_WAIT: Duration = Duration::from_secs(30);
 /// A log segment is sealed at the fold interval's age (at least this) or
 /// at this length, so that it can be removed once the applier has its
-/// frames. One rotation per fold keeps the writer's file work (a rename
-/// and a directory sync) rare.
+/// frames. One rotation per fold keeps the writer's file work (cutting a
+/// reused file back to its frames, a rename and a directory sync) rare.
 const MIN_SEGMENT_AGE: Duration = Duration::from_secs(1);
 const SEGMENT_BYTES: u64 = 64 << 20;
 
@@ -480,8 +480,9 @@ fn applier_loop(
 
 /// Makes the calling thread yield the CPU to the others when they are busy
 /// (nice 10): the applier's work can wait, requests cannot. Not
-/// `SCHED_IDLE`: that gives it no share at all of a saturated machine,
-/// and writes wait for the applier once the memtable is full.
+/// `SCHED_IDLE`: that gives it almost no share of a machine kept busy by
+/// anything else, and writes wait for the applier once the memtable is
+/// full.
 fn lower_priority() {
     // SAFETY: gettid and setpriority only read their arguments.
     let failed = unsafe {

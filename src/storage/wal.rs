@@ -11,8 +11,9 @@
 //! transactions, in the background; once a segment's frames are all in
 //! redb, the applier retires the segment (`Retirer::retire`), so the
 //! writer never waits on that rename or unlink; the writer's own file work
-//! is starting the next segment (a rename and a directory sync), once per
-//! fold interval. So everything a reader (or a peer pulling the feed) can
+//! is sealing the segment (cutting a reused file back to its frames) and
+//! starting the next (a rename and a directory sync), once per fold
+//! interval. So everything a reader (or a peer pulling the feed) can
 //! see is in the log or durably in redb.
 //!
 //! After a crash, redb opens at its last durable commit; `replay` then
