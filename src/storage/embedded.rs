@@ -423,6 +423,11 @@ fn log_group(
 /// The applier thread: fold the memtable into redb every `every`, or when
 /// nudged, and retire the log segments folded in; run purges; fold in what
 /// is left when the writer goes.
+///
+/// A routine fold (the memtable under `NUDGE_BYTES`) runs on a helper
+/// thread under `SCHED_IDLE` (see `fold_when_idle`): it takes only CPU
+/// time that requests leave. A fold the writer asked for, a fold for a
+/// purge and the last one at close run on this thread, at nice 10.
 fn applier_loop(
     db: &Database,
     shared: &Shared,
@@ -440,49 +445,128 @@ fn applier_loop(
         .checked_sub(phase)
         .unwrap_or_else(Instant::now);
     let mut failing = false;
+    // Purges that came while a helper folded.
+    let mut held: Vec<PurgeJob> = Vec::new();
     loop {
-        let fold = match inbox.recv_timeout(every.saturating_sub(last.elapsed())) {
+        let message = match held.pop() {
+            Some(job) => Ok(ToApplier::Purge(job)),
+            None => inbox.recv_timeout(every.saturating_sub(last.elapsed())),
+        };
+        let fold = match message {
             Ok(ToApplier::Purge(job)) => {
                 // Tombstones still in the memtable count too: fold it in
                 // first.
                 let p = job.purge;
-                let result = apply(db, shared)
-                    .and_then(|()| purge(db, &shared.cache, p.max_seq, p.older_than_ts, p.limit));
+                let result = apply(db, shared, &never)
+                    .and_then(|_| purge(db, &shared.cache, p.max_seq, p.older_than_ts, p.limit));
                 job.answer(result);
-                false
+                None
             }
-            Ok(ToApplier::Nudge) | Err(RecvTimeoutError::Timeout) => true,
+            Ok(ToApplier::Nudge) => Some(Urgency::Asked),
+            Err(RecvTimeoutError::Timeout) => Some(Urgency::Routine),
             Err(RecvTimeoutError::Disconnected) => {
-                if let Err(e) = apply(db, shared) {
+                if let Err(e) = apply(db, shared, &never) {
                     tracing::error!(error = %e, "cannot write the memtable to redb at close");
                 }
                 return;
             }
         };
-        if fold || last.elapsed() >= every {
-            last = Instant::now();
-            match apply(db, shared) {
-                Ok(()) => {
-                    failing = false;
-                    retirer.retire(shared.applied.load(Ordering::SeqCst));
-                }
-                // The log still holds everything: nothing is lost, the
-                // next round tries again.
-                Err(e) if !failing => {
-                    failing = true;
-                    tracing::error!(error = %e, "cannot write the memtable to redb; retrying");
-                }
-                Err(_) => {}
+        let urgency = match fold {
+            Some(u) => u,
+            None if last.elapsed() >= every => Urgency::Routine,
+            None => continue,
+        };
+        last = Instant::now();
+        let result = match urgency {
+            Urgency::Routine if shared.mem.bytes() < NUDGE_BYTES => {
+                fold_when_idle(db, shared, &inbox, &mut held)
             }
+            _ => apply(db, shared, &never).map(|_| ()),
+        };
+        match result {
+            Ok(()) => {
+                failing = false;
+                retirer.retire(shared.applied.load(Ordering::SeqCst));
+            }
+            // The log still holds everything: nothing is lost, the
+            // next round tries again.
+            Err(e) if !failing => {
+                failing = true;
+                tracing::error!(error = %e, "cannot write the memtable to redb; retrying");
+            }
+            Err(_) => {}
         }
     }
 }
 
+/// Why the applier folds.
+enum Urgency {
+    /// The interval is up.
+    Routine,
+    /// The writer asked: the memtable is large.
+    Asked,
+}
+
+/// For a fold nothing stops.
+fn never() -> bool {
+    false
+}
+
+/// How often the applier checks on a helper's fold.
+const HELPER_POLL: Duration = Duration::from_millis(2);
+
+/// Folds on a helper thread under `SCHED_IDLE`, which the kernel runs only
+/// on CPU time no ordinary thread wants: on a machine busy with requests,
+/// the fold no longer takes turns with them (at nice 10 it still did,
+/// and requests queued behind it). `SCHED_IDLE` gets almost nothing of a
+/// machine kept busy by something else, and an unprivileged thread cannot
+/// leave it, so the helper is made to yield: when the writer asks for a
+/// fold meanwhile (the memtable passed `NUDGE_BYTES`), the helper stops at
+/// its next record, drops its transaction, and the fold is done again on
+/// this thread at nice 10 (the frozen table is taken up again first).
+/// Purges that come meanwhile wait in `held`, since redb has one writer.
+fn fold_when_idle(
+    db: &Database,
+    shared: &Shared,
+    inbox: &std::sync::mpsc::Receiver<ToApplier>,
+    held: &mut Vec<PurgeJob>,
+) -> Result<()> {
+    use std::sync::mpsc::RecvTimeoutError;
+    let stop = AtomicBool::new(false);
+    let outcome = std::thread::scope(|scope| {
+        let helper = std::thread::Builder::new()
+            .name("ripple-fold".into())
+            .spawn_scoped(scope, || {
+                idle_priority();
+                apply(db, shared, &|| stop.load(Ordering::SeqCst))
+            });
+        let Ok(helper) = helper else {
+            return None;
+        };
+        while !helper.is_finished() {
+            match inbox.recv_timeout(HELPER_POLL) {
+                Ok(ToApplier::Nudge) => stop.store(true, Ordering::SeqCst),
+                Err(RecvTimeoutError::Disconnected) => {
+                    // Closing: the rest is folded here.
+                    stop.store(true, Ordering::SeqCst);
+                    std::thread::sleep(HELPER_POLL);
+                }
+                Ok(ToApplier::Purge(job)) => held.push(job),
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+        }
+        helper.join().ok()
+    });
+    match outcome {
+        Some(Ok(Folded::All)) => Ok(()),
+        Some(Err(e)) => Err(e),
+        // Stopped, or no helper: fold here.
+        Some(Ok(Folded::Stopped)) | None => apply(db, shared, &never).map(|_| ()),
+    }
+}
+
 /// Makes the calling thread yield the CPU to the others when they are busy
-/// (nice 10): the applier's work can wait, requests cannot. Not
-/// `SCHED_IDLE`: that gives it almost no share of a machine kept busy by
-/// anything else, and writes wait for the applier once the memtable is
-/// full.
+/// (nice 10): the applier's work can wait, requests cannot.
 fn lower_priority() {
     // SAFETY: gettid and setpriority only read their arguments.
     let failed = unsafe {
@@ -494,32 +578,66 @@ fn lower_priority() {
     }
 }
 
+/// Puts the calling thread under `SCHED_IDLE` (see `fold_when_idle`); if
+/// the kernel refuses, it stays at the applier's nice 10.
+fn idle_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler only reads `param`; 0 is this thread.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+        tracing::debug!("cannot put the fold helper under SCHED_IDLE");
+    }
+}
+
+/// How far a fold got.
+#[derive(Debug, PartialEq, Eq)]
+enum Folded {
+    /// Everything the memtable held is in redb.
+    All,
+    /// `stop` was set: the frozen table stays for the next fold.
+    Stopped,
+}
+
 /// Writes what the memtable holds now to redb (a table left frozen by a
-/// failed round, then the active one), each in one durable transaction,
-/// then releases it from the memtable.
-fn apply(db: &Database, shared: &Shared) -> Result<()> {
+/// failed or stopped round, then the active one), each in one durable
+/// transaction, then releases it from the memtable. Stops between records
+/// once `stop` says so.
+fn apply(db: &Database, shared: &Shared, stop: &dyn Fn() -> bool) -> Result<Folded> {
     shared.nudged.store(false, Ordering::SeqCst);
     // A table left frozen by a failed round first, then the active one.
     for _ in 0..2 {
         let Some(snap) = shared.mem.snapshot() else {
-            return Ok(());
+            return Ok(Folded::All);
         };
         let left_over = snap.left_over();
-        write_snapshot(db, shared, snap)?;
+        if write_snapshot(db, shared, snap, stop)? == Folded::Stopped {
+            return Ok(Folded::Stopped);
+        }
         if !left_over {
             break;
         }
     }
-    Ok(())
+    Ok(Folded::All)
 }
 
 /// Writes a frozen table to redb in one durable transaction, then releases
 /// it from the memtable.
-fn write_snapshot(db: &Database, shared: &Shared, snap: memtable::Snapshot) -> Result<()> {
+fn write_snapshot(
+    db: &Database,
+    shared: &Shared,
+    snap: memtable::Snapshot,
+    stop: &dyn Fn() -> bool,
+) -> Result<Folded> {
+    /// Records stored between looks at `stop`.
+    const STOP_EVERY: usize = 64;
     let txn = db.begin_write().map_err(other)?;
     let last_seq = {
         let mut t = Tables::open(&txn)?;
-        for e in snap.entries() {
+        for (i, e) in snap.entries().enumerate() {
+            if i % STOP_EVERY == 0 && stop() {
+                drop(t);
+                txn.abort().map_err(other)?;
+                return Ok(Folded::Stopped);
+            }
             t.store(e)?;
         }
         for c in snap.cursors() {
@@ -533,7 +651,7 @@ fn write_snapshot(db: &Database, shared: &Shared, snap: memtable::Snapshot) -> R
     shared.applied_seq.fetch_max(last_seq, Ordering::SeqCst);
     shared.applied.store(snap.groups(), Ordering::SeqCst);
     shared.mem.release(snap);
-    Ok(())
+    Ok(Folded::All)
 }
 
 /// The tables a write transaction changes, with the steps that replay and
@@ -1009,6 +1127,61 @@ mod tests {
                 tombstone: false,
             },
         }
+    }
+
+    /// A fold stopped partway (its helper yielded) drops its transaction:
+    /// every record stays readable from the memtable, in the feed at its
+    /// seq, and the next fold writes the stopped table and the newer one.
+    #[tokio::test]
+    async fn a_stopped_fold_leaves_everything_for_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = Options {
+            // The applier thread stays out of the way: the test folds.
+            apply_every: Duration::from_secs(3600),
+            ..Options::default()
+        };
+        let s = Embedded::open_with(dir.path(), options).unwrap();
+        let write = |range: std::ops::Range<u64>| Batch {
+            records: range
+                .map(|i| entry(&format!("k{i:04}"), i, &format!("v{i}")).record)
+                .collect(),
+            cursor: None,
+        };
+        s.apply(write(1..301)).await.unwrap();
+        // Stops at its third look: after 128 of the 300 records.
+        let looks = std::sync::atomic::AtomicUsize::new(0);
+        let third_look = || looks.fetch_add(1, Ordering::SeqCst) >= 2;
+        assert_eq!(
+            apply(&s.db, &s.shared, &third_look).unwrap(),
+            Folded::Stopped
+        );
+        assert_eq!(looks.load(Ordering::SeqCst), 3);
+        assert_eq!(s.shared.applied_seq.load(Ordering::SeqCst), 0);
+        assert!(!s.shared.mem.is_empty());
+        s.apply(write(301..401)).await.unwrap();
+        let check = |feed: Vec<Entry>| {
+            assert_eq!(feed.len(), 400);
+            for (i, e) in feed.iter().enumerate() {
+                let n = i as u64 + 1;
+                assert_eq!(
+                    (e.seq, e.record.key.as_str()),
+                    (n, format!("k{n:04}").as_str())
+                );
+            }
+        };
+        check(s.changes_since(0, 1000).await.unwrap());
+        assert_eq!(
+            &s.get("k0200").await.unwrap().unwrap().record.value[..],
+            b"v200"
+        );
+        assert_eq!(apply(&s.db, &s.shared, &never).unwrap(), Folded::All);
+        assert!(s.shared.mem.is_empty());
+        assert_eq!(s.shared.applied_seq.load(Ordering::SeqCst), 400);
+        check(s.changes_since(0, 1000).await.unwrap());
+        assert_eq!(
+            &s.get("k0399").await.unwrap().unwrap().record.value[..],
+            b"v399"
+        );
     }
 
     /// A follower reading the feed while the applier folds every
