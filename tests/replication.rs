@@ -988,3 +988,78 @@ fn a_node_restored_from_a_backup_is_followed_again() {
     // New writes at n1 reach every node, and n1 gets back what it lost.
     write(&cluster, &mut expected, "after-restore", 10);
 }
+
+/// A peer that asks with `x-ripple-skip-own: 1` is not sent back the
+/// records it made as master, and its request waits on past them for
+/// others; without the header it gets everything.
+#[test]
+fn a_peer_is_not_sent_back_what_it_mastered() {
+    let cluster = Cluster::start(3, "");
+    let runtime = rt();
+    runtime.block_on(async {
+        let mut expected = BTreeMap::new();
+        for (master, stem) in [(0, "by-n1-"), (1, "by-n2-")] {
+            for i in 0..5 {
+                let key = cluster.key_mastered_by(master, &format!("{stem}{i}"));
+                let r = cluster.client(0).put(&key, b("v"), None).await.unwrap();
+                assert!(r.status.is_success(), "{}", r.error_message());
+                expected.insert(key, b"v".to_vec());
+            }
+        }
+        cluster.converge_to(&expected, CONVERGE).await;
+
+        // n2's feed, as n1 asks for it.
+        let n2 = cluster.client(1);
+        let id = n2
+            .request(Method::GET, "/internal/v1/feed?limit=0", &[], Bytes::new())
+            .await
+            .unwrap();
+        let id = id.header("x-ripple-feed-id").unwrap().to_owned();
+        let skip = [(
+            hyper::header::HeaderName::from_static("x-ripple-skip-own"),
+            hyper::header::HeaderValue::from_static("1"),
+        )];
+        let feed = |after: u64, wait_ms: u64, skip_own: bool| {
+            let (n2, id) = (n2.clone(), id.clone());
+            let headers = if skip_own { skip.to_vec() } else { Vec::new() };
+            async move {
+                let path = format!(
+                    "/internal/v1/feed?after={after}&limit=1000&wait_ms={wait_ms}&feed={id}&from=n1"
+                );
+                let r = n2
+                    .request(Method::GET, &path, &headers, Bytes::new())
+                    .await
+                    .unwrap();
+                assert_eq!(r.status, StatusCode::OK, "{}", r.error_message());
+                let upto: u64 = r.header("x-ripple-feed-upto").unwrap().parse().unwrap();
+                let last: u64 = r.header("x-ripple-last-seq").unwrap().parse().unwrap();
+                let masters: Vec<String> = ripple::replication::codec::decode(r.body)
+                    .unwrap()
+                    .into_iter()
+                    .map(|e| e.record.version.node)
+                    .collect();
+                (masters, upto, last)
+            }
+        };
+        let (all, upto, last) = feed(0, 0, false).await;
+        assert_eq!(all.iter().filter(|m| *m == "n1").count(), 5, "{all:?}");
+        assert_eq!(all.iter().filter(|m| *m == "n2").count(), 5, "{all:?}");
+        assert_eq!(upto, last);
+        let (others, upto, last) = feed(0, 0, true).await;
+        assert_eq!(others, vec!["n2"; 5]);
+        assert_eq!(upto, last, "the answer covers the records it left out");
+
+        // Waiting at the end of the feed: a record n1 made reaches n2, and
+        // the request waits on; a record n2 makes then ends it.
+        let waiting = tokio::spawn(feed(last, 20_000, true));
+        let key = cluster.key_mastered_by(0, "later-by-n1");
+        cluster.client(0).put(&key, b("v"), None).await.unwrap();
+        expected.insert(key, b"v".to_vec());
+        cluster.converge_to(&expected, CONVERGE).await;
+        let key = cluster.key_mastered_by(1, "later-by-n2");
+        cluster.client(1).put(&key, b("v"), None).await.unwrap();
+        let (masters, upto, last) = waiting.await.unwrap();
+        assert_eq!(masters, vec!["n2"]);
+        assert_eq!(upto, last);
+    });
+}

@@ -45,6 +45,10 @@ pub async fn feed(State(state): State<AppState>, req: Request) -> Result<Respons
             }
         }
     }
+    q.skip_own = req
+        .headers()
+        .get(feed::SKIP_OWN)
+        .is_some_and(|v| v.as_bytes() == b"1");
     let answer = feed::read(&state.repl, &q).await.map_err(NodeError::from)?;
     Ok(frame(
         codec::encode(&answer.entries),

@@ -35,6 +35,10 @@ pub const LAST_SEQ: &str = "x-ripple-last-seq";
 /// The longest a feed request may wait.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 
+/// Request header: with `1`, the answer leaves out the records whose
+/// version the asker (`from`) made, as their master. See `FeedQuery`.
+pub const SKIP_OWN: &str = "x-ripple-skip-own";
+
 /// A feed request's parameters.
 #[derive(Debug, Default, Clone)]
 pub struct FeedQuery {
@@ -43,6 +47,15 @@ pub struct FeedQuery {
     pub wait: Duration,
     pub from: Option<String>,
     pub feed: u64,
+    /// Leave out the records whose version `from` made: it holds each of
+    /// them (or a newer version) durably, since a master answers a write
+    /// only once it is durable, unless its data went back (wiped or
+    /// restored), which only happens across a restart. So a puller asks
+    /// for them only until it has caught up with the peer once since its
+    /// node started. Each write then crosses the network four times in a
+    /// cluster of three instead of six. A node that does not know the
+    /// header sends them anyway, which costs only the transfer.
+    pub skip_own: bool,
 }
 
 /// A feed answer.
@@ -84,41 +97,62 @@ pub async fn read(repl: &Replication, q: &FeedQuery) -> Result<FeedAnswer, Stora
             repl.record_ack(from, q.after);
         }
     }
-    let mut seq = repl.node.subscribe_seq();
-    if *seq.borrow() <= q.after && !q.wait.is_zero() {
-        tokio::select! {
-            _ = tokio::time::timeout(q.wait.min(MAX_WAIT), seq.wait_for(|s| *s > q.after)) => {}
-            _ = repl.stopped() => {}
-        }
-    }
-    // The last seq is read before the records: every change up to it is
-    // committed, so the scan below sees it (or its replacement).
-    let last_seq = storage.last_seq().await?;
-    let mut entries = storage.changes_since(q.after, q.limit).await?;
-    let full = entries.len() >= q.limit;
-    let mut bytes = 0;
-    let mut keep = 0;
-    for e in &entries {
-        if keep > 0 && bytes + e.record.value.len() > repl.config.batch_max_bytes {
-            break;
-        }
-        bytes += e.record.value.len() + e.record.key.len();
-        keep += 1;
-    }
-    let cut = keep < entries.len();
-    entries.truncate(keep);
-    let last_entry = entries.last().map(|e| e.seq);
-    let upto = if full || cut {
-        last_entry.unwrap_or(q.after)
-    } else {
-        last_seq.max(last_entry.unwrap_or(0)).max(q.after)
+    let skip = match (&q.from, q.skip_own) {
+        (Some(from), true) => Some(from.as_str()),
+        _ => None,
     };
-    Ok(FeedAnswer {
-        feed_id,
-        entries,
-        upto,
-        last_seq,
-    })
+    let mut seq = repl.node.subscribe_seq();
+    let deadline = tokio::time::Instant::now() + q.wait.min(MAX_WAIT);
+    let mut after = q.after;
+    loop {
+        if *seq.borrow() <= after && !q.wait.is_zero() {
+            tokio::select! {
+                _ = tokio::time::timeout_at(deadline, seq.wait_for(|s| *s > after)) => {}
+                _ = repl.stopped() => {}
+            }
+        }
+        // The last seq is read before the records: every change up to it
+        // is committed, so the scan below sees it (or its replacement).
+        let last_seq = storage.last_seq().await?;
+        let mut entries = storage.changes_since(after, q.limit).await?;
+        let full = entries.len() >= q.limit;
+        let mut bytes = 0;
+        let mut keep = 0;
+        for e in &entries {
+            if keep > 0 && bytes + e.record.value.len() > repl.config.batch_max_bytes {
+                break;
+            }
+            bytes += e.record.value.len() + e.record.key.len();
+            keep += 1;
+        }
+        let cut = keep < entries.len();
+        entries.truncate(keep);
+        let last_entry = entries.last().map(|e| e.seq);
+        let upto = if full || cut {
+            last_entry.unwrap_or(after)
+        } else {
+            last_seq.max(last_entry.unwrap_or(0)).max(after)
+        };
+        if let Some(from) = skip {
+            entries.retain(|e| e.record.version.node != from);
+            // Only the asker's own records were new: wait on for others,
+            // rather than answer with nothing but a cursor to store.
+            if entries.is_empty()
+                && upto > after
+                && tokio::time::Instant::now() < deadline
+                && !repl.is_stopped()
+            {
+                after = upto;
+                continue;
+            }
+        }
+        return Ok(FeedAnswer {
+            feed_id,
+            entries,
+            upto,
+            last_seq,
+        });
+    }
 }
 
 /// Why a feed could not be fetched.
@@ -143,8 +177,13 @@ pub async fn fetch(peers: &Peers, id: &str, q: &FeedQuery) -> Result<FeedAnswer,
         path.push_str(&format!("&from={from}"));
     }
     let timeout = q.wait + Duration::from_secs(30);
+    let skip = [(
+        hyper::header::HeaderName::from_static(SKIP_OWN),
+        hyper::header::HeaderValue::from_static("1"),
+    )];
+    let headers: &[_] = if q.skip_own { &skip } else { &[] };
     let reply = peers
-        .send(id, Method::GET, &path, &[], Bytes::new(), timeout)
+        .send(id, Method::GET, &path, headers, Bytes::new(), timeout)
         .await?;
     if reply.status != StatusCode::OK {
         return Err(FetchError::Bad(format!(

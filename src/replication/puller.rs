@@ -28,6 +28,10 @@ pub async fn run(repl: Arc<Replication>, peer: String) {
     let mut feed_id = 0u64;
     let mut cursor = 0u64;
     let mut backoff = MIN_BACKOFF;
+    // Whether this node has caught up with the peer's feed since it
+    // started: from then on it can leave out its own records (see
+    // `FeedQuery::skip_own`).
+    let mut caught_up = false;
     while !repl.is_stopped() {
         let q = FeedQuery {
             after: cursor,
@@ -35,6 +39,7 @@ pub async fn run(repl: Arc<Replication>, peer: String) {
             wait: Duration::from_millis(repl.config.long_poll_ms),
             from: Some(repl.members.self_id().to_owned()),
             feed: feed_id,
+            skip_own: caught_up,
         };
         let sent = Instant::now();
         let result = tokio::select! {
@@ -94,6 +99,7 @@ pub async fn run(repl: Arc<Replication>, peer: String) {
             }
             cursor = cursor.max(answer.upto);
         }
+        caught_up |= cursor >= answer.last_seq;
         pull.status.send_modify(|s| {
             s.reachable = true;
             s.last_error = None;
