@@ -8,8 +8,9 @@
 //! visible, and answers: an acknowledged write is durable, and the writer
 //! never waits on the B-tree. The applier thread folds the memtable into
 //! redb in one durable transaction every `apply_every` (or sooner when the
-//! memtable grows), off the write path; once redb has a log segment's
-//! frames, the segment is removed.
+//! memtable grows), off the write path, a routine fold on a short-lived
+//! helper thread that only uses idle CPU time (see `fold_when_idle`); once
+//! redb has a log segment's frames, the segment is removed.
 //!
 //! Reads look in the memtable, then in a cache of recently read and
 //! written records (`RecordCache`, kept up to date by the writer), then in
@@ -20,6 +21,7 @@
 //! key, the feed's tombstone rows, for garbage collection), `meta` (last
 //! seq, max version ts) and `cursors` (peer -> seq).
 
+use std::collections::VecDeque;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -445,10 +447,10 @@ fn applier_loop(
         .checked_sub(phase)
         .unwrap_or_else(Instant::now);
     let mut failing = false;
-    // Purges that came while a helper folded.
-    let mut held: Vec<PurgeJob> = Vec::new();
+    // Purges that came while a helper folded, oldest first.
+    let mut held: VecDeque<PurgeJob> = VecDeque::new();
     loop {
-        let message = match held.pop() {
+        let message = match held.pop_front() {
             Some(job) => Ok(ToApplier::Purge(job)),
             None => inbox.recv_timeout(every.saturating_sub(last.elapsed())),
         };
@@ -529,7 +531,7 @@ fn fold_when_idle(
     db: &Database,
     shared: &Shared,
     inbox: &std::sync::mpsc::Receiver<ToApplier>,
-    held: &mut Vec<PurgeJob>,
+    held: &mut VecDeque<PurgeJob>,
 ) -> Result<()> {
     use std::sync::mpsc::RecvTimeoutError;
     let stop = AtomicBool::new(false);
@@ -551,7 +553,7 @@ fn fold_when_idle(
                     stop.store(true, Ordering::SeqCst);
                     std::thread::sleep(HELPER_POLL);
                 }
-                Ok(ToApplier::Purge(job)) => held.push(job),
+                Ok(ToApplier::Purge(job)) => held.push_back(job),
                 Err(RecvTimeoutError::Timeout) => {}
             }
         }
@@ -560,8 +562,12 @@ fn fold_when_idle(
     match outcome {
         Some(Ok(Folded::All)) => Ok(()),
         Some(Err(e)) => Err(e),
-        // Stopped, or no helper: fold here.
-        Some(Ok(Folded::Stopped)) | None => apply(db, shared, &never).map(|_| ()),
+        Some(Ok(Folded::Stopped)) => {
+            tracing::debug!("the memtable grew during an idle fold: folding at nice 10");
+            apply(db, shared, &never).map(|_| ())
+        }
+        // No helper thread: fold here.
+        None => apply(db, shared, &never).map(|_| ()),
     }
 }
 
