@@ -1000,8 +1000,8 @@ fn a_node_restored_from_a_backup_is_followed_again() {
 }
 
 /// A peer that asks with `x-ripple-skip-own: 1` is not sent back the
-/// records it made as master, and its request waits on past them for
-/// others; without the header it gets everything.
+/// records it made as master, yet its cursor moves past them; without the
+/// header it gets everything.
 #[test]
 fn a_peer_is_not_sent_back_what_it_mastered() {
     let cluster = Cluster::start(3, "");
@@ -1059,17 +1059,45 @@ fn a_peer_is_not_sent_back_what_it_mastered() {
         assert_eq!(others, vec!["n2"; 5]);
         assert_eq!(upto, last, "the answer covers the records it left out");
 
-        // Waiting at the end of the feed: a record n1 made reaches n2, and
-        // the request waits on; a record n2 makes then ends it.
+        // Waiting at the end of the feed: a record n1 made reaches n2. The
+        // request waits on a little for others, then answers with no
+        // records and a cursor past it, long before its 20 s are up.
         let waiting = tokio::spawn(feed(last, 20_000, true));
         let key = cluster.key_mastered_by(0, "later-by-n1");
         cluster.client(0).put(&key, b("v"), None).await.unwrap();
         expected.insert(key, b"v".to_vec());
+        let (masters, upto, last) = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("the request answers once only the asker's records came")
+            .unwrap();
+        assert!(masters.is_empty(), "{masters:?}");
+        assert!(upto > 0 && upto == last, "upto {upto}, last seq {last}");
         cluster.converge_to(&expected, CONVERGE).await;
-        let key = cluster.key_mastered_by(1, "later-by-n2");
+        // A record of n2's right after one of n1's: sent, n1's not.
+        let waiting = tokio::spawn(feed(last, 20_000, true));
+        let key = cluster.key_mastered_by(0, "then-by-n1");
+        cluster.client(0).put(&key, b("v"), None).await.unwrap();
+        let key = cluster.key_mastered_by(1, "then-by-n2");
         cluster.client(1).put(&key, b("v"), None).await.unwrap();
-        let (masters, upto, last) = waiting.await.unwrap();
-        assert_eq!(masters, vec!["n2"]);
-        assert_eq!(upto, last);
+        let (masters, _, _) = waiting.await.unwrap();
+        assert!(masters.iter().all(|m| m == "n2"), "{masters:?}");
+        for i in 0..5 {
+            let key = cluster.key_mastered_by(0, &format!("before-sync-{i}"));
+            cluster.client(0).put(&key, b("v"), None).await.unwrap();
+        }
     });
+    // A sync right after writes made here: the peers' feeds now end with
+    // this node's own records, which they leave out, and their answers
+    // still move its cursors past them soon (not at the end of a 20 s
+    // long poll).
+    let sync = std::process::Command::new(common::bin())
+        .args(["sync", "--url", &cluster.url(0), "--timeout-ms", "5000"])
+        .output()
+        .unwrap();
+    assert!(
+        sync.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&sync.stdout),
+        String::from_utf8_lossy(&sync.stderr)
+    );
 }

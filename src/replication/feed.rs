@@ -35,6 +35,11 @@ pub const LAST_SEQ: &str = "x-ripple-last-seq";
 /// The longest a feed request may wait.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 
+/// The longest a request that skips the asker's records waits on once
+/// only those came: then it answers with the cursor alone, so the
+/// asker's cursor (and a `sync` waiting on it) still moves soon.
+const SKIP_WAIT: Duration = Duration::from_millis(50);
+
 /// Request header: with `1`, the answer leaves out the records whose
 /// version the asker (`from`) made, as their master. See `FeedQuery`.
 pub const SKIP_OWN: &str = "x-ripple-skip-own";
@@ -102,8 +107,9 @@ pub async fn read(repl: &Replication, q: &FeedQuery) -> Result<FeedAnswer, Stora
         _ => None,
     };
     let mut seq = repl.node.subscribe_seq();
-    let deadline = tokio::time::Instant::now() + q.wait.min(MAX_WAIT);
+    let mut deadline = tokio::time::Instant::now() + q.wait.min(MAX_WAIT);
     let mut after = q.after;
+    let mut skipped_any = false;
     loop {
         if *seq.borrow() <= after && !q.wait.is_zero() {
             tokio::select! {
@@ -137,13 +143,19 @@ pub async fn read(repl: &Replication, q: &FeedQuery) -> Result<FeedAnswer, Stora
             entries.retain(|e| e.record.version.node != from);
             // Only the asker's own records were new: wait on for others,
             // rather than answer with nothing but a cursor to store.
-            if entries.is_empty()
-                && upto > after
-                && tokio::time::Instant::now() < deadline
-                && !repl.is_stopped()
-            {
-                after = upto;
-                continue;
+            if entries.is_empty() && upto > after {
+                let now = tokio::time::Instant::now();
+                if !skipped_any {
+                    skipped_any = true;
+                    deadline = deadline.min(now + SKIP_WAIT);
+                }
+                if now < deadline && !repl.is_stopped() {
+                    after = upto;
+                    // A backlog of only the asker's records is scanned
+                    // without waiting: let the worker's other tasks run.
+                    tokio::task::yield_now().await;
+                    continue;
+                }
             }
         }
         return Ok(FeedAnswer {

@@ -527,6 +527,9 @@ const HELPER_POLL: Duration = Duration::from_millis(2);
 /// its next record, drops its transaction, and the fold is done again on
 /// this thread at nice 10 (the frozen table is taken up again first).
 /// Purges that come meanwhile wait in `held`, since redb has one writer.
+/// The helper cannot be stopped inside its commit, and whatever else needs
+/// redb's write transaction (a new feed id) waits for it: on a machine
+/// kept busy by other work that can take long, but it ends.
 fn fold_when_idle(
     db: &Database,
     shared: &Shared,
@@ -535,6 +538,9 @@ fn fold_when_idle(
 ) -> Result<()> {
     use std::sync::mpsc::RecvTimeoutError;
     let stop = AtomicBool::new(false);
+    // Whether the writer asked for a fold meanwhile: its nudge is taken
+    // here, so this fold must answer it.
+    let mut asked = false;
     let outcome = std::thread::scope(|scope| {
         let helper = std::thread::Builder::new()
             .name("ripple-fold".into())
@@ -547,7 +553,10 @@ fn fold_when_idle(
         };
         while !helper.is_finished() {
             match inbox.recv_timeout(HELPER_POLL) {
-                Ok(ToApplier::Nudge) => stop.store(true, Ordering::SeqCst),
+                Ok(ToApplier::Nudge) => {
+                    asked = true;
+                    stop.store(true, Ordering::SeqCst);
+                }
                 Err(RecvTimeoutError::Disconnected) => {
                     // Closing: the rest is folded here.
                     stop.store(true, Ordering::SeqCst);
@@ -560,14 +569,19 @@ fn fold_when_idle(
         helper.join().ok()
     });
     match outcome {
-        Some(Ok(Folded::All)) => Ok(()),
-        Some(Err(e)) => Err(e),
-        Some(Ok(Folded::Stopped)) => {
-            tracing::debug!("the memtable grew during an idle fold: folding at nice 10");
+        Some(Ok(Folded::All)) if !asked => Ok(()),
+        Some(Err(e)) => {
+            // The writer may nudge again (its nudge was taken here).
+            shared.nudged.store(false, Ordering::SeqCst);
+            Err(e)
+        }
+        // Stopped; or the writer asked too late to stop it (past its last
+        // look, in the commit), and the memtable has grown since; or no
+        // helper thread: fold here.
+        _ => {
+            tracing::debug!("the writer asked for a fold during an idle one: folding at nice 10");
             apply(db, shared, &never).map(|_| ())
         }
-        // No helper thread: fold here.
-        None => apply(db, shared, &never).map(|_| ()),
     }
 }
 
