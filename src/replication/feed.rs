@@ -4,8 +4,9 @@
 //! Query: `after` (the asker's cursor), `limit` (most records; 0 asks only
 //! for the headers), `wait_ms` (how long to wait for a change when there is
 //! none after `after`), `from` (the asker's node id) and `feed` (the feed id
-//! the cursor belongs to). The answer is a binary frame (`codec`) with
-//! headers:
+//! the cursor belongs to). Request header `x-ripple-skip-own: 1` leaves
+//! out the records the asker made as master (`FeedQuery::skip_own`). The
+//! answer is a binary frame (`codec`) with headers:
 //! - `x-ripple-feed-id`: this node's feed id. When it differs from the
 //!   asker's `feed`, the answer carries no records and the asker starts over
 //!   with the cursor it keeps for this feed id (this node's data was wiped).
