@@ -575,10 +575,11 @@ fn fold_when_idle(
             shared.nudged.store(false, Ordering::SeqCst);
             Err(e)
         }
+        // No helper thread: fold here.
+        None => apply(db, shared, &never).map(|_| ()),
         // Stopped; or the writer asked too late to stop it (past its last
-        // look, in the commit), and the memtable has grown since; or no
-        // helper thread: fold here.
-        _ => {
+        // look, in the commit), and the memtable has grown since.
+        Some(Ok(_)) => {
             tracing::debug!("the writer asked for a fold during an idle one: folding at nice 10");
             apply(db, shared, &never).map(|_| ())
         }
