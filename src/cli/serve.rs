@@ -133,7 +133,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     http::serve(
         listener,
-        http::router(state.clone()),
+        http::front::Front::new(state.clone()),
         http::shed_router(state),
         server_limits,
         acceptor,

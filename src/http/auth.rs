@@ -10,7 +10,7 @@
 use std::fmt;
 
 use axum::extract::Request;
-use hyper::header::{HeaderValue, AUTHORIZATION};
+use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use hyper::{Method, StatusCode};
 use serde::Deserialize;
 
@@ -18,6 +18,9 @@ use super::error::ApiError;
 
 /// The header that carries the cluster secret between nodes.
 pub const SECRET_HEADER: &str = "x-ripple-secret";
+
+/// The same, parsed once (a lookup by `&str` parses the name each time).
+static SECRET: HeaderName = HeaderName::from_static(SECRET_HEADER);
 
 /// A token or secret: compared in constant time, never printed.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
@@ -106,7 +109,7 @@ impl Auth {
 
     /// Whether a request carries the cluster secret.
     fn is_peer(&self, req: &Request) -> bool {
-        match (&self.cluster_secret, req.headers().get(SECRET_HEADER)) {
+        match (&self.cluster_secret, req.headers().get(&SECRET)) {
             (Some(secret), Some(given)) => secret.matches(given.as_bytes()),
             _ => false,
         }
@@ -118,7 +121,7 @@ impl Auth {
         if needs == Needs::Nothing || self.is_peer(req) {
             return Ok(());
         }
-        if req.headers().contains_key(SECRET_HEADER) {
+        if req.headers().contains_key(&SECRET) {
             return Err(unauthorized("the cluster secret is not valid"));
         }
         match needs {

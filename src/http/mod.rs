@@ -5,11 +5,12 @@
 //! Routes: `/health`, the v1 API (`v1`), and the seed's routes
 //! (`seed_routes`). Every error that leaves this layer is JSON, including
 //! the ones the router makes itself (unknown path, wrong method) and
-//! oversize headers, which the `guard` middleware rewrites.
+//! oversize headers, which `front` answers before the router.
 
 pub mod auth;
 pub mod error;
 pub mod forward;
+pub mod front;
 pub mod internal;
 pub mod keypath;
 pub mod negotiate;
@@ -24,7 +25,6 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
@@ -123,16 +123,14 @@ pub fn shed_router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Most header fields a request may carry.
-const MAX_HEADERS: usize = 100;
-
 /// How long a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long shutdown waits for in-flight requests before giving up.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Builds the router for one node.
+/// Builds the router for one node. Requests reach it through
+/// `front::Front`, which checks limits and access first.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
@@ -152,7 +150,6 @@ pub fn router(state: AppState) -> Router {
         .merge(seed_routes::routes("bucket"))
         .merge(seed_routes::routes("canonicalbucket"))
         .fallback(unknown_route)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
 }
 
@@ -165,59 +162,6 @@ async fn health(State(state): State<AppState>) -> Response {
 
 async fn unknown_route(req: Request) -> ApiError {
     ApiError::not_found(format!("no route for {}", req.uri().path()))
-}
-
-/// Refuses oversize headers with JSON, and gives the router's own bodyless
-/// 405 answers a JSON body (keeping their `Allow` header).
-async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let headers = req.headers();
-    let header_bytes: usize = headers
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum::<usize>()
-        + req.uri().path_and_query().map_or(0, |p| p.as_str().len());
-    if header_bytes > state.limits.max_header_bytes || headers.len() > MAX_HEADERS {
-        return ApiError::new(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "headers_too_large",
-            format!(
-                "the request line and headers take {header_bytes} bytes in {} fields; the limits are {} bytes and {MAX_HEADERS} fields",
-                headers.len(),
-                state.limits.max_header_bytes
-            ),
-        )
-        .into_response();
-    }
-    if let Err(e) = state.auth.check(&req) {
-        let unauthorized = e.status == StatusCode::UNAUTHORIZED;
-        let mut res = e.into_response();
-        if unauthorized {
-            res.headers_mut()
-                .insert(hyper::header::WWW_AUTHENTICATE, auth::challenge());
-        }
-        return res;
-    }
-    let path = req.uri().path();
-    let _permit = if path == "/health" || path.starts_with("/internal/") {
-        None
-    } else {
-        match state.in_flight.clone().try_acquire_owned() {
-            Ok(permit) => Some(permit),
-            Err(_) => return overloaded("requests in flight"),
-        }
-    };
-    let method = req.method().clone();
-    let res = next.run(req).await;
-    if res.status() == StatusCode::METHOD_NOT_ALLOWED && !res.headers().contains_key(CONTENT_TYPE) {
-        // The router adds `Allow` to this answer on its way out.
-        return ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            format!("{method} is not allowed on this path; the Allow header lists what is"),
-        )
-        .into_response();
-    }
-    res
 }
 
 /// A JSON answer.
@@ -378,6 +322,34 @@ pub fn preconditions(headers: &HeaderMap) -> Result<Preconditions, ApiError> {
     })
 }
 
+/// What `serve` can hand a connection to: a cloneable tower service from
+/// hyper's requests to axum's responses that never fails.
+pub trait Connectable:
+    tower_service::Service<
+        hyper::Request<hyper::body::Incoming>,
+        Response = Response,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> Connectable for S where
+    S: tower_service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = Response,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// How long a client may take to finish a TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -385,17 +357,21 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// accepting and waits for in-flight requests to finish. Connections past
 /// `limits.max_connections` are served by `shed` (one request, then closed);
 /// past four times that (at least 256 more), they are closed at once. With
-/// `tls`, every connection must begin with a TLS handshake.
-pub async fn serve(
+/// `tls`, every connection must begin with a TLS handshake. Both services
+/// are tower services, as a `Router` or `front::Front`.
+pub async fn serve<S, T>(
     listener: TcpListener,
-    router: Router,
-    shed: Router,
+    service: S,
+    shed: T,
     limits: ServerLimits,
     tls: Option<crate::tls::TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
-) {
+) where
+    S: Connectable,
+    T: Connectable,
+{
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let service = hyper_util::service::TowerToHyperService::new(router);
+    let service = hyper_util::service::TowerToHyperService::new(service);
     let shed_service = hyper_util::service::TowerToHyperService::new(shed);
     let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     // Shed connections take one request and close: many may wait at once.
@@ -410,7 +386,7 @@ pub async fn serve(
         // Leave room past the limit so `guard` can answer oversize headers
         // with JSON; hyper itself refuses what goes beyond this.
         .max_buf_size((limits.max_header_bytes * 2).max(64 << 10))
-        .max_headers(MAX_HEADERS * 2);
+        .max_headers(front::MAX_HEADERS * 2);
     let mut shed_builder = builder.clone();
     shed_builder
         .keep_alive(false)
@@ -429,39 +405,14 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let (permit, builder, service) = if let Ok(p) = open.clone().try_acquire_owned() {
-                    (p, &builder, &service)
+                let conn = Conn { stream, peer, tls: tls.clone(), watcher: graceful.watcher() };
+                if let Ok(p) = open.clone().try_acquire_owned() {
+                    tokio::spawn(conn.serve(builder.clone(), service.clone(), p));
                 } else if let Ok(p) = shedding.clone().try_acquire_owned() {
-                    (p, &shed_builder, &shed_service)
+                    tokio::spawn(conn.serve(shed_builder.clone(), shed_service.clone(), p));
                 } else {
                     tracing::debug!(%peer, "connection refused: too many open");
-                    continue;
-                };
-                let (builder, service, watcher) = (builder.clone(), service.clone(), graceful.watcher());
-                let tls = tls.clone();
-                tokio::spawn(async move {
-                    let result = match tls {
-                        None => watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await,
-                        Some(acceptor) => {
-                            let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                                Ok(Ok(s)) => s,
-                                Ok(Err(e)) => {
-                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    tracing::debug!(%peer, "TLS handshake timed out");
-                                    return;
-                                }
-                            };
-                            watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await
-                        }
-                    };
-                    if let Err(e) = result {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                    drop(permit);
-                });
+                }
             }
             _ = &mut shutdown => break,
         }
@@ -472,6 +423,63 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("in-flight requests did not finish in {DRAIN_TIMEOUT:?}; closing anyway");
+    }
+}
+
+/// An accepted connection, before its service is chosen.
+struct Conn {
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    tls: Option<crate::tls::TlsAcceptor>,
+    watcher: hyper_util::server::graceful::Watcher,
+}
+
+impl Conn {
+    /// Serves the connection's requests with `service` (after the TLS
+    /// handshake, with TLS), holding its `permit` until it closes.
+    async fn serve<S: Connectable>(
+        self,
+        builder: hyper::server::conn::http1::Builder,
+        service: hyper_util::service::TowerToHyperService<S>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let Conn {
+            stream,
+            peer,
+            tls,
+            watcher,
+        } = self;
+        let result =
+            match tls {
+                None => {
+                    watcher
+                        .watch(builder.serve_connection(TokioIo::new(stream), service))
+                        .await
+                }
+                Some(acceptor) => {
+                    let stream =
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    watcher
+                        .watch(builder.serve_connection(TokioIo::new(stream), service))
+                        .await
+                }
+            };
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
+        drop(permit);
     }
 }
 

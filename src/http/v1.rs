@@ -38,10 +38,20 @@ const MAX_REPLICA_TIMEOUT: Duration = Duration::from_secs(600);
 pub const REPLICAS_HEADER: &str = "x-ripple-replicas";
 
 fn etag(version: &Version) -> HeaderValue {
-    use std::fmt::Write;
-    let mut text = String::with_capacity(20 + version.node.len());
-    // Writing to a String cannot fail.
-    let _ = write!(text, "\"{version}\"");
+    // By hand: `format!` costs a GET about 4% of its instructions.
+    let mut text = Vec::with_capacity(20 + version.node.len());
+    text.push(b'"');
+    let digits = if version.ts == 0 {
+        1
+    } else {
+        (64 - version.ts.leading_zeros() as usize).div_ceil(4)
+    };
+    for i in (0..digits).rev() {
+        text.push(b"0123456789abcdef"[(version.ts >> (4 * i)) as usize & 0xf]);
+    }
+    text.push(b'-');
+    text.extend_from_slice(version.node.as_bytes());
+    text.push(b'"');
     HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
         .unwrap_or(HeaderValue::from_static("\"\""))
 }
@@ -339,4 +349,32 @@ pub async fn list(State(state): State<AppState>, req: Request) -> Result<Respons
         StatusCode::OK,
         &serde_json::json!({"keys": keys, "cursor": next}),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The hand-written entity tag is the version's text, quoted.
+        #[test]
+        fn etag_is_the_quoted_version(ts in any::<u64>(), node in "[a-z0-9-]{1,20}") {
+            let version = Version { ts, node };
+            let tag = etag(&version);
+            prop_assert_eq!(tag.to_str().unwrap(), format!("\"{version}\""));
+        }
+    }
+
+    #[test]
+    fn etag_of_the_smallest_timestamps() {
+        for ts in [0, 1, 15, 16, u64::MAX] {
+            let version = Version {
+                ts,
+                node: "n1".into(),
+            };
+            let tag = etag(&version);
+            assert_eq!(tag.to_str().unwrap(), format!("\"{version}\""));
+        }
+    }
 }
