@@ -534,12 +534,7 @@ impl Config {
 
 /// Node ids appear in versions and URLs: 1 to 64 of `[A-Za-z0-9_.-]`.
 fn check_node_id(name: &str, id: &str) -> anyhow::Result<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-    if !ok {
+    if !crate::node::version::is_node_id(id) {
         bail!("{name} must be 1 to 64 characters of letters, digits, '_', '.' or '-', not {id:?}");
     }
     Ok(())

@@ -1101,3 +1101,115 @@ fn a_peer_is_not_sent_back_what_it_mastered() {
         String::from_utf8_lossy(&sync.stderr)
     );
 }
+
+/// A blocking read (`min_version=` with `wait_ms=`) on a replica answers
+/// once the version arrives there, with the value; 504 when it does not
+/// within the wait; 404 once a later version deleted the key.
+#[test]
+fn a_blocking_read_answers_when_the_version_arrives() {
+    let cluster = Cluster::start(3, "");
+    let runtime = rt();
+    runtime.block_on(async {
+        let key = cluster.key_mastered_by(0, "blocking");
+        let path = ripple::client::kv_path(&key);
+        let r = cluster.client(0).put(&key, b("v1"), None).await.unwrap();
+        assert!(r.status.is_success(), "{}", r.error_message());
+        let etag = r.header("etag").unwrap().to_owned();
+        let (ts, node) = etag.trim_matches('"').split_once('-').unwrap();
+        let ts = u64::from_str_radix(ts, 16).unwrap();
+        let node = node.to_owned();
+        let read = |i: usize, min: String, wait_ms: u64| {
+            let (client, path) = (cluster.client(i), path.clone());
+            async move {
+                let min = ripple::http::keypath::encode_query(&min);
+                let query = format!("{path}?min_version={min}&wait_ms={wait_ms}");
+                client
+                    .request(Method::GET, &query, &[], Bytes::new())
+                    .await
+                    .unwrap()
+            }
+        };
+
+        // The version written, read on each replica (quoted, as the ETag).
+        for i in [1, 2] {
+            let r = read(i, etag.clone(), 10_000).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.error_message());
+            assert_eq!(r.body, "v1");
+        }
+
+        // The next version n1 will give the key is above (ts + 1, n1): a
+        // read for it waits until the second write arrives.
+        let next = format!("{:x}-{node}", ts + 1);
+        let waiting = tokio::spawn(read(2, next.clone(), 20_000));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !waiting.is_finished(),
+            "answered before the version existed"
+        );
+        let r = cluster.client(1).put(&key, b("v2"), None).await.unwrap();
+        assert!(r.status.is_success(), "{}", r.error_message());
+        let r = waiting.await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{}", r.error_message());
+        assert_eq!(r.body, "v2");
+
+        // A version that never comes: 504 after the wait, with the
+        // version the key has.
+        let far = format!("{:x}-{node}", ts + (1 << 40));
+        let r = read(1, far.clone(), 200).await;
+        assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(error_code(&r), "version_not_reached");
+        let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        let now = body["version"].as_str().unwrap();
+        assert!(now.ends_with(&format!("-{node}")), "{now}");
+        // HEAD waits the same way.
+        let head = format!("{path}?min_version={far}&wait_ms=100");
+        let r = cluster
+            .client(1)
+            .request(Method::HEAD, &head, &[], Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+
+        // A delete is a version too: once it arrives, 404.
+        let r = cluster
+            .client(2)
+            .request(Method::DELETE, &path, &[], Bytes::new())
+            .await
+            .unwrap();
+        assert!(r.status.is_success(), "{}", r.error_message());
+        let r = read(1, next.clone(), 10_000).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.error_message());
+
+        // wait_ms alone is a plain read: nothing to wait for.
+        let r = cluster
+            .client(1)
+            .request(
+                Method::GET,
+                &format!("{path}?wait_ms=100"),
+                &[],
+                Bytes::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.error_message());
+        assert_eq!(error_code(&r), "not_found");
+
+        // Bad options.
+        for bad in [
+            "min_version=nonsense",
+            "min_version=zz-n1",
+            "wait_ms=abc",
+            &format!("min_version={next}&wait_ms=0"),
+            &format!("min_version={next}&wait_ms=600001"),
+            &format!("min_version={next}&wait=1"),
+        ] {
+            let r = cluster
+                .client(1)
+                .request(Method::GET, &format!("{path}?{bad}"), &[], Bytes::new())
+                .await
+                .unwrap();
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+            assert_eq!(error_code(&r), "bad_query", "{bad}");
+        }
+    });
+}

@@ -20,7 +20,8 @@ use super::{
     AppState,
 };
 use crate::node::version::Version;
-use crate::node::{NodeError, WriteOutcome, DEFAULT_CONTENT_TYPE};
+use crate::node::{NodeError, Reached, WriteOutcome, DEFAULT_CONTENT_TYPE};
+use crate::storage::Record;
 
 const PREFIX: &str = "/v1/kv/";
 
@@ -145,27 +146,101 @@ enum Consistency {
     Master,
 }
 
-fn read_consistency(query: Option<&str>) -> Result<Consistency, ApiError> {
-    let mut c = Consistency::Any;
-    for (name, value) in parse_query(query)? {
-        match (name.as_str(), value.as_str()) {
-            ("consistency", "any") => c = Consistency::Any,
-            ("consistency", "master") => c = Consistency::Master,
-            ("consistency", v) => {
-                return Err(ApiError::bad_request(
-                    "bad_query",
-                    format!("consistency must be \"any\" or \"master\", not {v:?}"),
-                ))
-            }
-            (other, _) => {
-                return Err(ApiError::bad_request(
-                    "bad_query",
-                    format!("unknown query parameter {other:?}; expected consistency"),
-                ))
+/// The longest a blocking read waits, and how long when it does not say.
+const MAX_READ_WAIT: Duration = Duration::from_secs(600);
+const DEFAULT_READ_WAIT: Duration = Duration::from_secs(10);
+
+/// A read's options: `consistency=any|master`, and for a blocking read
+/// `min_version=` (an ETag) with `wait_ms=`.
+#[derive(Debug)]
+struct ReadOptions {
+    consistency: Consistency,
+    /// Answer once the key's version is this one or later.
+    min_version: Option<Version>,
+    /// How long to wait for `min_version` (ignored without it).
+    wait: Option<Duration>,
+}
+
+impl ReadOptions {
+    fn parse(query: Option<&str>) -> Result<ReadOptions, ApiError> {
+        let mut opts = ReadOptions {
+            consistency: Consistency::Any,
+            min_version: None,
+            wait: None,
+        };
+        for (name, value) in parse_query(query)? {
+            match (name.as_str(), value.as_str()) {
+                ("consistency", "any") => opts.consistency = Consistency::Any,
+                ("consistency", "master") => opts.consistency = Consistency::Master,
+                ("consistency", v) => {
+                    return Err(ApiError::bad_request(
+                        "bad_query",
+                        format!("consistency must be \"any\" or \"master\", not {v:?}"),
+                    ))
+                }
+                ("min_version", v) => {
+                    opts.min_version = Some(Version::parse_tag(v).ok_or_else(|| {
+                        ApiError::bad_request(
+                            "bad_query",
+                            format!("min_version must be a version as the ETag gives it (\"<hex clock>-<node id>\", quotes optional), not {v:?}"),
+                        )
+                    })?)
+                }
+                ("wait_ms", v) => opts.wait = Some(parse_timeout_ms(v, MAX_READ_WAIT)?),
+                (other, _) => {
+                    return Err(ApiError::bad_request(
+                        "bad_query",
+                        format!("unknown query parameter {other:?}; expected consistency, min_version or wait_ms"),
+                    ))
+                }
             }
         }
+        // Without min_version there is nothing to wait for: wait_ms is
+        // ignored, as Consul ignores `wait` without `index`.
+        Ok(opts)
     }
-    Ok(c)
+}
+
+/// A blocking read: waits until the key reaches `min` on this node. The
+/// record (`None`: deleted), or the 504 answer.
+async fn read_reaching(
+    state: &AppState,
+    key: &str,
+    min: &Version,
+    wait: Duration,
+) -> Result<Option<Record>, ApiError> {
+    let reached = tokio::select! {
+        r = state.node.get_reaching(key, min, wait) => r?,
+        _ = state.repl.stopped() => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "this node is shutting down; read from another",
+            ))
+        }
+    };
+    match reached {
+        Reached::Yes(record) => Ok(record),
+        Reached::No(current) => {
+            let e = ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "version_not_reached",
+                format!(
+                    "the key {key:?} did not reach version {min} on node {} within {} ms; {}",
+                    state.node.id(),
+                    wait.as_millis(),
+                    match &current {
+                        Some(v) => format!("it is at version {v}"),
+                        None => "it holds no value".to_owned(),
+                    }
+                ),
+            );
+            Err(match current {
+                Some(v) => e.with_detail("version", v.to_string().into()),
+                None => e,
+            })
+        }
+    }
 }
 
 /// `GET /v1/kv/{key}` (and `HEAD`, which axum answers from this handler
@@ -174,17 +249,23 @@ pub async fn get(State(state): State<AppState>, req: Request) -> Result<Response
     let (parts, _) = req.into_parts();
     let key = key_from_path(parts.uri.path(), PREFIX)?;
     state.node.check_key(&key)?;
-    if read_consistency(parts.uri.query())? == Consistency::Master {
+    let opts = ReadOptions::parse(parts.uri.query())?;
+    if opts.consistency == Consistency::Master {
         if let Some(res) = forward::to_master(&state, &key, &parts, bytes::Bytes::new(), None).await
         {
             return Ok(res);
         }
     }
     let pre = preconditions(&parts.headers)?;
-    let record =
-        state.node.get(&key).await?.ok_or_else(|| {
-            ApiError::not_found(format!("no value is stored under the key {key:?}"))
-        })?;
+    let record = match &opts.min_version {
+        None => state.node.get(&key).await?,
+        Some(min) => {
+            let wait = opts.wait.unwrap_or(DEFAULT_READ_WAIT);
+            read_reaching(&state, &key, min, wait).await?
+        }
+    };
+    let record = record
+        .ok_or_else(|| ApiError::not_found(format!("no value is stored under the key {key:?}")))?;
     if let Some(list) = &pre.if_match {
         if !list.matches_strong(Some(&record.version)) {
             return Err(NodeError::PreconditionFailed(

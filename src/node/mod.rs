@@ -11,6 +11,7 @@
 
 pub mod conditions;
 pub mod version;
+pub mod watch;
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -70,6 +71,18 @@ pub struct Node {
     limits: Limits,
     /// The highest seq committed; the feed long-polls on it.
     last_seq: tokio::sync::watch::Sender<u64>,
+    /// Blocking reads waiting for their key to change.
+    watchers: Arc<watch::Watchers>,
+}
+
+/// What a blocking read found (`Node::get_reaching`).
+#[derive(Debug)]
+pub enum Reached {
+    /// The key's version reached the one asked for: its live record, or
+    /// `None` when that version (or a later one) deleted it.
+    Yes(Option<Record>),
+    /// It did not within the wait: the version the key has, if any.
+    No(Option<Version>),
 }
 
 impl Node {
@@ -90,6 +103,7 @@ impl Node {
                 .collect(),
             limits,
             last_seq: tokio::sync::watch::Sender::new(last_seq),
+            watchers: Default::default(),
         })
     }
 
@@ -153,6 +167,8 @@ impl Node {
             // a later write here still gets a greater version.
             self.clock.observe(ts);
         }
+        // Hashed before the records go: a blocking read may start meanwhile.
+        let hashes: Vec<u64> = records.iter().map(|r| self.watchers.hash(&r.key)).collect();
         let applied = self.storage.apply(Batch { records, cursor }).await?;
         let mut stored = 0;
         for a in &applied {
@@ -161,6 +177,13 @@ impl Node {
                 self.committed(*seq);
             }
         }
+        self.watchers.changed(
+            hashes
+                .into_iter()
+                .zip(&applied)
+                .filter(|(_, a)| matches!(a, Applied::Stored { .. }))
+                .map(|(h, _)| h),
+        );
         Ok(stored)
     }
 
@@ -198,6 +221,36 @@ impl Node {
             .await?
             .map(|e| e.record)
             .filter(|r| !r.tombstone))
+    }
+
+    /// A blocking read: the record for `key` once its version is `min` or
+    /// later (live, or deleted by such a version), waiting at most `wait`
+    /// for a write here or from a peer to bring it.
+    pub async fn get_reaching(
+        &self,
+        key: &str,
+        min: &Version,
+        wait: std::time::Duration,
+    ) -> Result<Reached, NodeError> {
+        self.check_key(key)?;
+        let deadline = tokio::time::Instant::now() + wait;
+        let watch = self.watchers.watch(key);
+        loop {
+            let changed = watch.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let current = self.storage.get(key).await?.map(|e| e.record);
+            match current {
+                Some(r) if r.version >= *min => {
+                    return Ok(Reached::Yes((!r.tombstone).then_some(r)));
+                }
+                current => {
+                    if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                        return Ok(Reached::No(current.map(|r| r.version)));
+                    }
+                }
+            }
+        }
     }
 
     /// Stores `value` under `key` if the preconditions hold.
@@ -273,6 +326,7 @@ impl Node {
                 .await?;
             if let Some(Applied::Stored { seq }) = applied.first() {
                 self.committed(*seq);
+                self.watchers.changed([self.watchers.hash(&key)]);
                 return Ok(WriteOutcome {
                     created: live.is_none(),
                     version: record.version,

@@ -25,6 +25,41 @@ impl fmt::Display for Version {
     }
 }
 
+impl Version {
+    /// Parses the ETag form, `<hex clock>-<master id>` (lowercase hex, a
+    /// valid node id), bare or in the quotes an entity tag carries. `None`
+    /// when malformed.
+    pub fn parse_tag(text: &str) -> Option<Version> {
+        let inner = match text.strip_prefix('"') {
+            Some(rest) => rest.strip_suffix('"')?,
+            None => text,
+        };
+        let (ts, node) = inner.split_once('-')?;
+        let hex = !ts.is_empty()
+            && ts.len() <= 16
+            && ts
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !hex || !is_node_id(node) {
+            return None;
+        }
+        Some(Version {
+            ts: u64::from_str_radix(ts, 16).ok()?,
+            node: node.to_owned(),
+        })
+    }
+}
+
+/// Whether `id` can be a node id: 1 to 64 of `[A-Za-z0-9_.-]` (node ids
+/// appear in versions and URLs).
+pub fn is_node_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
 /// Bits of a clock value that count events within one millisecond.
 const LOGICAL_BITS: u32 = 16;
 
@@ -141,5 +176,43 @@ mod tests {
         };
         assert!(a < b && b < c);
         assert_eq!(c.to_string(), "6-b");
+    }
+
+    #[test]
+    fn tags_parse_with_or_without_quotes() {
+        let v = Version {
+            ts: 0x1a2b,
+            node: "n-1".into(),
+        };
+        for text in ["1a2b-n-1", "\"1a2b-n-1\""] {
+            assert_eq!(Version::parse_tag(text), Some(v.clone()), "{text}");
+        }
+        for bad in [
+            "",
+            "-n1",
+            "1a2b-",
+            "1a2b",
+            "zz-n1",
+            "1A2B-n1",
+            "\"1a2b-n1",
+            "1a2b-n1\"",
+            "W/\"1a2b-n1\"",
+            " 1a2b-n1",
+            "+1-n1",
+            "11111111111111111-n1",
+            "1-a\"b",
+            "1-n$",
+        ] {
+            assert_eq!(Version::parse_tag(bad), None, "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_version_parses_back_from_its_tag(ts in proptest::prelude::any::<u64>(), node in "[a-zA-Z0-9._-]{1,64}") {
+            let v = Version { ts, node };
+            proptest::prop_assert_eq!(Version::parse_tag(&v.to_string()), Some(v.clone()));
+            proptest::prop_assert_eq!(Version::parse_tag(&format!("\"{v}\"")), Some(v));
+        }
     }
 }

@@ -2,16 +2,15 @@
 //! node serves it.
 //!
 //! About one acknowledged PUT in 100 (at most 100 a second) becomes a
-//! sample. A probe then reads the key with HEAD on every node but the
-//! key's master (named by the version in the ETag), on its own small pool
-//! of connections (a `client::Endpoint` per node, not the benchmark's),
-//! until the node answers with the written ETag or a newer version (a
-//! later write to the same key implies this one was applied, since a
-//! replica applies a master's feed in order). The sample is the time from
-//! the acknowledgement to the answer that showed the last node had it;
-//! polls start 1 ms apart and stretch to a tenth of the elapsed time (at
-//! most 20 ms), so a sample is within about 10% of the truth. A sample not
-//! visible everywhere within 5 s counts as "not visible".
+//! sample. A probe then sends a blocking read (`HEAD` with `min_version=`
+//! the written ETag) to every node but the key's master (named by the
+//! version in the ETag) at once, on its own small pool of connections (a
+//! `client::Endpoint` per node, not the benchmark's). A node answers as
+//! soon as it holds that version or a newer one (a later write to the same
+//! key implies this one was applied, since a replica applies a master's
+//! feed in order). The sample is the time from the acknowledgement to the
+//! last of those answers. A sample not visible everywhere within 5 s
+//! counts as "not visible".
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,13 +18,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::header::HeaderValue;
-use hyper::Method;
+use hyper::{Method, StatusCode};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::hist::sorted_quantile;
 use crate::client::{self, Endpoint};
+use crate::http::keypath;
 
 /// One write in this many is sampled...
 const SAMPLE_EVERY: u64 = 100;
@@ -35,7 +35,6 @@ const MIN_SAMPLE_GAP: Duration = Duration::from_millis(10);
 pub const VISIBLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Probes in flight at once; samples beyond are skipped.
 const MAX_PROBES: usize = 64;
-const MAX_POLL_GAP: Duration = Duration::from_millis(20);
 const PROBE_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A node the probes read from.
@@ -180,45 +179,58 @@ pub fn start(nodes: Vec<ProbeNode>) -> (Arc<Sampler>, tokio::task::JoinHandle<La
     (sampler, handle)
 }
 
-/// Polls every node but the master until each serves the sample's version
-/// or a newer one; the time from the acknowledgement, or `None` after
-/// `VISIBLE_TIMEOUT`.
-async fn probe(nodes: &[ProbeNode], sample: Sample) -> Option<Duration> {
+/// Asks every node but the master, at once, to answer when it holds the
+/// sample's version or a newer one (a blocking read); the time from the
+/// acknowledgement to the last answer, or `None` when a node did not have
+/// it within `VISIBLE_TIMEOUT`.
+async fn probe(nodes: &Arc<Vec<ProbeNode>>, sample: Sample) -> Option<Duration> {
     let master_known = nodes
         .iter()
         .any(|n| n.node_id.as_deref() == Some(sample.version.node.as_str()));
-    let path = client::kv_path(&sample.key);
-    for node in nodes {
+    let tag = format!("{:x}-{}", sample.version.ts, sample.version.node);
+    let path = format!(
+        "{}?min_version={}&wait_ms=",
+        client::kv_path(&sample.key),
+        keypath::encode_query(&tag)
+    );
+    let acked = sample.acked;
+    let mut waits = JoinSet::new();
+    for (i, node) in nodes.iter().enumerate() {
         if master_known && node.node_id.as_deref() == Some(sample.version.node.as_str()) {
             continue;
         }
-        loop {
-            if has(node, &path, &sample.version).await {
-                break;
-            }
-            let waited = sample.acked.elapsed();
-            if waited >= VISIBLE_TIMEOUT {
-                return None;
-            }
-            let gap = (Duration::from_millis(1) + waited / 10).min(MAX_POLL_GAP);
-            tokio::time::sleep(gap).await;
-        }
+        let (nodes, path) = (nodes.clone(), path.clone());
+        waits.spawn(async move { reached(&nodes[i], &path, acked).await });
     }
-    Some(sample.acked.elapsed())
+    let mut last = acked;
+    while let Some(answer) = waits.join_next().await {
+        last = last.max(answer.ok().flatten()?);
+    }
+    Some(last - acked)
 }
 
-/// Whether `node` serves `version` (or newer) for the key at `path`.
-async fn has(node: &ProbeNode, path: &str, version: &Version) -> bool {
-    let Ok(req) = client::request(Method::HEAD, path, &[], Bytes::new()) else {
-        return false;
-    };
-    match node.endpoint.send(req, PROBE_REQUEST_TIMEOUT).await {
-        Ok(reply) if reply.status == hyper::StatusCode::OK => reply
-            .headers
-            .get(hyper::header::ETAG)
-            .and_then(parse_etag)
-            .is_some_and(|v| v >= *version),
-        _ => false,
+/// When `node` answered that it holds the version: the blocking read at
+/// `path` (which ends in `wait_ms=`) is retried, on errors, until
+/// `VISIBLE_TIMEOUT` after `acked`.
+async fn reached(node: &ProbeNode, path: &str, acked: Instant) -> Option<Instant> {
+    loop {
+        let left = VISIBLE_TIMEOUT.checked_sub(acked.elapsed())?;
+        let wait_ms = left.as_millis().max(1);
+        let Ok(req) = client::request(Method::HEAD, &format!("{path}{wait_ms}"), &[], Bytes::new())
+        else {
+            return None;
+        };
+        match node.endpoint.send(req, left + PROBE_REQUEST_TIMEOUT).await {
+            // 404: a later version deleted the key, so this one was applied.
+            Ok(reply)
+                if reply.status == StatusCode::OK || reply.status == StatusCode::NOT_FOUND =>
+            {
+                return Some(Instant::now())
+            }
+            Ok(reply) if reply.status == StatusCode::GATEWAY_TIMEOUT => return None,
+            // Refused or overloaded: ask again shortly.
+            _ => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
     }
 }
 
