@@ -1148,6 +1148,8 @@ fn a_blocking_read_answers_when_the_version_arrives() {
         );
         let r = cluster.client(1).put(&key, b("v2"), None).await.unwrap();
         assert!(r.status.is_success(), "{}", r.error_message());
+        let v2 = r.header("etag").unwrap().trim_matches('"').to_owned();
+        let v2_ts = u64::from_str_radix(v2.split_once('-').unwrap().0, 16).unwrap();
         let r = waiting.await.unwrap();
         assert_eq!(r.status, StatusCode::OK, "{}", r.error_message());
         assert_eq!(r.body, "v2");
@@ -1177,7 +1179,8 @@ fn a_blocking_read_answers_when_the_version_arrives() {
             .await
             .unwrap();
         assert!(r.status.is_success(), "{}", r.error_message());
-        let r = read(1, next.clone(), 10_000).await;
+        let after_v2 = format!("{:x}-{node}", v2_ts + 1);
+        let r = read(1, after_v2, 10_000).await;
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.error_message());
 
         // wait_ms alone is a plain read: nothing to wait for.

@@ -188,6 +188,12 @@ pub fn key_from_path(path: &str, prefix: &str) -> Result<String, ApiError> {
 
 /// Parses a `timeout_ms` query value: 1 ms up to `max`.
 pub fn parse_timeout_ms(value: &str, max: Duration) -> Result<Duration, ApiError> {
+    parse_ms("timeout_ms", value, max)
+}
+
+/// Parses the query value of `name`, a number of milliseconds from 1 up
+/// to `max`.
+pub fn parse_ms(name: &str, value: &str, max: Duration) -> Result<Duration, ApiError> {
     value
         .parse::<u64>()
         .ok()
@@ -197,7 +203,7 @@ pub fn parse_timeout_ms(value: &str, max: Duration) -> Result<Duration, ApiError
             ApiError::bad_request(
                 "bad_query",
                 format!(
-                    "timeout_ms must be from 1 to {}, not {value:?}",
+                    "{name} must be from 1 to {}, not {value:?}",
                     max.as_millis()
                 ),
             )

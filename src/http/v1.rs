@@ -186,7 +186,7 @@ impl ReadOptions {
                         )
                     })?)
                 }
-                ("wait_ms", v) => opts.wait = Some(parse_timeout_ms(v, MAX_READ_WAIT)?),
+                ("wait_ms", v) => opts.wait = Some(super::parse_ms("wait_ms", v, MAX_READ_WAIT)?),
                 (other, _) => {
                     return Err(ApiError::bad_request(
                         "bad_query",
@@ -250,19 +250,21 @@ pub async fn get(State(state): State<AppState>, req: Request) -> Result<Response
     let key = key_from_path(parts.uri.path(), PREFIX)?;
     state.node.check_key(&key)?;
     let opts = ReadOptions::parse(parts.uri.query())?;
+    // A blocking read's wait is on top of the forwarding timeout.
+    let wait = opts
+        .min_version
+        .as_ref()
+        .map(|_| opts.wait.unwrap_or(DEFAULT_READ_WAIT));
     if opts.consistency == Consistency::Master {
-        if let Some(res) = forward::to_master(&state, &key, &parts, bytes::Bytes::new(), None).await
+        if let Some(res) = forward::to_master(&state, &key, &parts, bytes::Bytes::new(), wait).await
         {
             return Ok(res);
         }
     }
     let pre = preconditions(&parts.headers)?;
-    let record = match &opts.min_version {
-        None => state.node.get(&key).await?,
-        Some(min) => {
-            let wait = opts.wait.unwrap_or(DEFAULT_READ_WAIT);
-            read_reaching(&state, &key, min, wait).await?
-        }
+    let record = match (&opts.min_version, wait) {
+        (Some(min), Some(wait)) => read_reaching(&state, &key, min, wait).await?,
+        _ => state.node.get(&key).await?,
     };
     let record = record
         .ok_or_else(|| ApiError::not_found(format!("no value is stored under the key {key:?}")))?;

@@ -326,7 +326,9 @@ impl Node {
                 .await?;
             if let Some(Applied::Stored { seq }) = applied.first() {
                 self.committed(*seq);
-                self.watchers.changed([self.watchers.hash(&key)]);
+                if self.watchers.any() {
+                    self.watchers.changed([self.watchers.hash(&key)]);
+                }
                 return Ok(WriteOutcome {
                     created: live.is_none(),
                     version: record.version,

@@ -6,7 +6,9 @@
 //! record pulled from a peer's feed or repaired) wakes the readers of its
 //! key. Keys are registered by hash: two keys that share one only cause a
 //! spurious wake-up, after which the reader looks again. With no reader
-//! registered, a write pays one atomic load.
+//! registered, a local write pays one atomic load, and a batch pulled from
+//! a peer a hash of each key (taken before it is stored, since a reader
+//! may register meanwhile) and one atomic load.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -22,6 +24,8 @@ pub struct Watchers {
     readers: AtomicUsize,
     keys: Mutex<HashMap<u64, Arc<Notify>>>,
     hasher: foldhash::fast::FixedState,
+    /// Never notified: what `KeyWatch::notified` would give once dropped.
+    spare: Notify,
 }
 
 impl Watchers {
@@ -32,6 +36,10 @@ impl Watchers {
 
     /// Whether any reader waits: writers compute hashes only then.
     pub fn any(&self) -> bool {
+        // Orders the caller's write (made visible before this call)
+        // before the load: with `watch`'s SeqCst increment, either this
+        // sees the reader, or the reader's read sees the write.
+        std::sync::atomic::fence(Ordering::SeqCst);
         self.readers.load(Ordering::SeqCst) > 0
     }
 
@@ -49,7 +57,7 @@ impl Watchers {
         KeyWatch {
             watchers: self.clone(),
             hash,
-            notify,
+            notify: Some(notify),
         }
     }
 
@@ -75,22 +83,32 @@ impl Watchers {
 pub struct KeyWatch {
     watchers: Arc<Watchers>,
     hash: u64,
-    notify: Arc<Notify>,
+    /// Always `Some` until dropped (taken under the map's lock).
+    notify: Option<Arc<Notify>>,
 }
 
 impl KeyWatch {
     /// What to wait on. Create it, `enable` it, then read: a write that
     /// lands after the read wakes it.
     pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
-        self.notify.notified()
+        // Only `drop` takes it.
+        self.notify
+            .as_deref()
+            .unwrap_or(&self.watchers.spare)
+            .notified()
     }
 }
 
 impl Drop for KeyWatch {
     fn drop(&mut self) {
         let mut keys = self.watchers.lock();
-        // The map's and this one: the last reader of the key removes it.
-        if Arc::strong_count(&self.notify) == 2 {
+        // This reader's handle goes under the lock, so the last reader of
+        // the key sees only the map's left and removes the entry.
+        drop(self.notify.take());
+        if keys
+            .get(&self.hash)
+            .is_some_and(|n| Arc::strong_count(n) == 1)
+        {
             keys.remove(&self.hash);
         }
         drop(keys);
@@ -120,6 +138,21 @@ mod tests {
         assert!(tokio::time::timeout(Duration::from_millis(20), wait_b)
             .await
             .is_err());
+    }
+
+    #[test]
+    fn readers_dropped_on_two_threads_at_once_leave_nothing_behind() {
+        let w = Arc::new(Watchers::default());
+        for _ in 0..200 {
+            let watches: Vec<_> = (0..4).map(|_| w.watch("k")).collect();
+            std::thread::scope(|s| {
+                for watch in watches {
+                    s.spawn(move || drop(watch));
+                }
+            });
+            assert!(w.lock().is_empty());
+            assert!(!w.any());
+        }
     }
 
     #[test]

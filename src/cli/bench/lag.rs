@@ -210,16 +210,16 @@ async fn probe(nodes: &Arc<Vec<ProbeNode>>, sample: Sample) -> Option<Duration> 
 }
 
 /// When `node` answered that it holds the version: the blocking read at
-/// `path` (which ends in `wait_ms=`) is retried, on errors, until
-/// `VISIBLE_TIMEOUT` after `acked`.
+/// `path` (which ends in `wait_ms=`) is asked again after a refused
+/// connection or a 503, backing off, until `VISIBLE_TIMEOUT` after
+/// `acked`; any other answer ends it.
 async fn reached(node: &ProbeNode, path: &str, acked: Instant) -> Option<Instant> {
+    let mut backoff = Duration::from_millis(5);
     loop {
         let left = VISIBLE_TIMEOUT.checked_sub(acked.elapsed())?;
         let wait_ms = left.as_millis().max(1);
-        let Ok(req) = client::request(Method::HEAD, &format!("{path}{wait_ms}"), &[], Bytes::new())
-        else {
-            return None;
-        };
+        let req =
+            client::request(Method::HEAD, &format!("{path}{wait_ms}"), &[], Bytes::new()).ok()?;
         match node.endpoint.send(req, left + PROBE_REQUEST_TIMEOUT).await {
             // 404: a later version deleted the key, so this one was applied.
             Ok(reply)
@@ -227,9 +227,12 @@ async fn reached(node: &ProbeNode, path: &str, acked: Instant) -> Option<Instant
             {
                 return Some(Instant::now())
             }
-            Ok(reply) if reply.status == StatusCode::GATEWAY_TIMEOUT => return None,
-            // Refused or overloaded: ask again shortly.
-            _ => tokio::time::sleep(Duration::from_millis(1)).await,
+            Ok(reply) if reply.status != StatusCode::SERVICE_UNAVAILABLE => return None,
+            // Overloaded, or no connection: ask again shortly.
+            _ => {
+                tokio::time::sleep(backoff.min(left)).await;
+                backoff = (backoff * 2).min(Duration::from_millis(100));
+            }
         }
     }
 }
