@@ -91,6 +91,47 @@ fn requests_past_the_in_flight_cap_get_503() {
     });
 }
 
+/// Blocking reads wait without taking the slots of `max_in_flight`: with
+/// three of them waiting and a cap of two, a plain read still answers.
+#[test]
+fn blocking_reads_do_not_hold_in_flight_slots() {
+    let (_dir, node) = node_with("max_in_flight = 2\nmax_connections = 100");
+    let addr = node.addr();
+    let waiting: Vec<TcpStream> = (0..3)
+        .map(|i| {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            s.write_all(
+                format!(
+                    "GET /v1/kv/w{i}?min_version=1-n1&wait_ms=10000 HTTP/1.1\r\nHost: x\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    rt().block_on(async {
+        let r = node.client().get("x").await.unwrap();
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.error_message());
+        // A write wakes its blocking read.
+        let r = node
+            .client()
+            .put("w0", Bytes::from("v"), None)
+            .await
+            .unwrap();
+        assert_eq!(r.status, StatusCode::CREATED);
+    });
+    let mut first = &waiting[0];
+    first
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = [0u8; 64];
+    let n = first.read(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
 #[test]
 fn a_slow_client_gets_408_and_cannot_hold_the_server() {
     let (_dir, node) = node_with("request_timeout_secs = 1");

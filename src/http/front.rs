@@ -59,14 +59,15 @@ impl Front {
             return res;
         }
         let path = req.uri().path();
-        let _permit = if path == "/health" || path.starts_with("/internal/") {
-            None
-        } else {
-            match self.state.in_flight.clone().try_acquire_owned() {
-                Ok(permit) => Some(permit),
-                Err(_) => return overloaded("requests in flight"),
-            }
-        };
+        let _permit =
+            if path == "/health" || path.starts_with("/internal/") || is_blocking_read(&req) {
+                None
+            } else {
+                match self.state.in_flight.clone().try_acquire_owned() {
+                    Ok(permit) => Some(permit),
+                    Err(_) => return overloaded("requests in flight"),
+                }
+            };
         let is_key = path.len() > KEY_PREFIX.len() && path.starts_with(KEY_PREFIX);
         let state = State(self.state.clone());
         match *req.method() {
@@ -100,6 +101,18 @@ impl Service<hyper::Request<hyper::body::Incoming>> for Front {
         let this = self.clone();
         Box::pin(async move { Ok(this.handle(req.map(Body::new)).await) })
     }
+}
+
+/// Whether `req` may be a blocking read (`min_version=`): it waits
+/// without working, so it does not take one of `max_in_flight`'s slots;
+/// `max_connections` bounds how many wait (one request per connection).
+/// A query that only looks like one is refused by the handler anyway.
+fn is_blocking_read(req: &Request) -> bool {
+    matches!(*req.method(), Method::GET | Method::HEAD)
+        && req
+            .uri()
+            .query()
+            .is_some_and(|q| q.contains("min_version="))
 }
 
 /// 431 with JSON for a request line and headers past the limits.

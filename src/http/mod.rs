@@ -80,8 +80,8 @@ pub struct ServerLimits {
     /// Open connections; past it, new ones get 503 (`/health` still
     /// answers) and are closed.
     pub max_connections: usize,
-    /// Requests being served at once, `/health` and node-to-node routes
-    /// aside; past it, 503.
+    /// Requests being served at once, `/health`, node-to-node routes and
+    /// blocking reads aside; past it, 503.
     pub max_in_flight: usize,
     /// How long a client may take to send a request body (408 beyond).
     pub request_timeout: Duration,
