@@ -22,10 +22,9 @@ use tokio::sync::Notify;
 pub struct Watchers {
     /// Readers registered: writers skip the map while it is 0.
     readers: AtomicUsize,
-    keys: Mutex<HashMap<u64, Arc<Notify>>>,
+    /// Per key hash: what its readers wait on, and how many they are.
+    keys: Mutex<HashMap<u64, (Arc<Notify>, usize)>>,
     hasher: foldhash::fast::FixedState,
-    /// Never notified: what `KeyWatch::notified` would give once dropped.
-    spare: Notify,
 }
 
 impl Watchers {
@@ -49,15 +48,16 @@ impl Watchers {
         // Counted before the map holds it, so a writer that finds the
         // count at 0 made its record visible before this reader's read.
         self.readers.fetch_add(1, Ordering::SeqCst);
-        let notify = self
-            .lock()
-            .entry(hash)
-            .or_insert_with(|| Arc::new(Notify::new()))
-            .clone();
+        let notify = {
+            let mut keys = self.lock();
+            let (notify, readers) = keys.entry(hash).or_default();
+            *readers += 1;
+            notify.clone()
+        };
         KeyWatch {
             watchers: self.clone(),
             hash,
-            notify: Some(notify),
+            notify,
         }
     }
 
@@ -68,13 +68,13 @@ impl Watchers {
         }
         let keys = self.lock();
         for hash in hashes {
-            if let Some(notify) = keys.get(&hash) {
+            if let Some((notify, _)) = keys.get(&hash) {
                 notify.notify_waiters();
             }
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Notify>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (Arc<Notify>, usize)>> {
         self.keys.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -83,33 +83,26 @@ impl Watchers {
 pub struct KeyWatch {
     watchers: Arc<Watchers>,
     hash: u64,
-    /// Always `Some` until dropped (taken under the map's lock).
-    notify: Option<Arc<Notify>>,
+    notify: Arc<Notify>,
 }
 
 impl KeyWatch {
     /// What to wait on. Create it, `enable` it, then read: a write that
     /// lands after the read wakes it.
     pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
-        // Only `drop` takes it.
-        self.notify
-            .as_deref()
-            .unwrap_or(&self.watchers.spare)
-            .notified()
+        self.notify.notified()
     }
 }
 
 impl Drop for KeyWatch {
     fn drop(&mut self) {
         let mut keys = self.watchers.lock();
-        // This reader's handle goes under the lock, so the last reader of
-        // the key sees only the map's left and removes the entry.
-        drop(self.notify.take());
-        if keys
-            .get(&self.hash)
-            .is_some_and(|n| Arc::strong_count(n) == 1)
-        {
-            keys.remove(&self.hash);
+        // The last reader of the key removes it.
+        if let std::collections::hash_map::Entry::Occupied(mut e) = keys.entry(self.hash) {
+            e.get_mut().1 -= 1;
+            if e.get().1 == 0 {
+                e.remove();
+            }
         }
         drop(keys);
         self.watchers.readers.fetch_sub(1, Ordering::SeqCst);
