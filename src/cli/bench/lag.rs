@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use super::hist::sorted_quantile;
 use crate::client::{self, Endpoint};
 use crate::http::keypath;
+use crate::node::version::Version;
 
 /// One write in this many is sampled...
 const SAMPLE_EVERY: u64 = 100;
@@ -44,21 +45,10 @@ pub struct ProbeNode {
     pub node_id: Option<String>,
 }
 
-/// A version as the ETag shows it: `"<hex clock>-<master id>"`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Version {
-    ts: u64,
-    node: String,
-}
-
+/// The version an `ETag` header shows: `"<hex clock>-<master id>"`, quoted.
 fn parse_etag(etag: &HeaderValue) -> Option<Version> {
     let text = etag.to_str().ok()?.trim().trim_start_matches("W/");
-    let inner = text.strip_prefix('"')?.strip_suffix('"')?;
-    let (ts, node) = inner.split_once('-')?;
-    Some(Version {
-        ts: u64::from_str_radix(ts, 16).ok()?,
-        node: node.to_owned(),
-    })
+    text.starts_with('"').then(|| Version::parse_tag(text))?
 }
 
 struct Sample {
@@ -187,7 +177,7 @@ async fn probe(nodes: &Arc<Vec<ProbeNode>>, sample: Sample) -> Option<Duration> 
     let master_known = nodes
         .iter()
         .any(|n| n.node_id.as_deref() == Some(sample.version.node.as_str()));
-    let tag = format!("{:x}-{}", sample.version.ts, sample.version.node);
+    let tag = sample.version.to_string();
     let path = format!(
         "{}?min_version={}&wait_ms=",
         client::kv_path(&sample.key),
