@@ -27,9 +27,6 @@ use super::{auth, overloaded, v1, AppState};
 /// Most header fields a request may carry.
 pub const MAX_HEADERS: usize = 100;
 
-/// Where the key routes begin.
-const KEY_PREFIX: &str = "/v1/kv/";
-
 /// The node's request service: limits and access, then dispatch.
 #[derive(Clone)]
 pub struct Front {
@@ -68,7 +65,7 @@ impl Front {
                     Err(_) => return overloaded("requests in flight"),
                 }
             };
-        let is_key = path.len() > KEY_PREFIX.len() && path.starts_with(KEY_PREFIX);
+        let is_key = path.len() > v1::PREFIX.len() && path.starts_with(v1::PREFIX);
         let state = State(self.state.clone());
         match *req.method() {
             // HEAD goes through the router, which drops the body.

@@ -23,7 +23,8 @@ use crate::node::version::Version;
 use crate::node::{NodeError, Reached, WriteOutcome, DEFAULT_CONTENT_TYPE};
 use crate::storage::Record;
 
-const PREFIX: &str = "/v1/kv/";
+/// Where the key routes begin: `/v1/kv/{key}`.
+pub const PREFIX: &str = "/v1/kv/";
 
 /// Default and largest page of a listing.
 pub const DEFAULT_LIMIT: usize = 1000;
