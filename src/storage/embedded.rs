@@ -33,6 +33,7 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::memtable::{self, Listed, Memtable};
+use super::paced::{Pace, PacedFile};
 use super::wal::{Frame, FrameBuilder, Retirer, Wal};
 use super::writer::{self, Purge, PurgeJob, Queue, Work, Writer};
 use super::{codec, Applied, Batch, Cursor, Entry, Result, Storage, StorageError, Version};
@@ -110,6 +111,8 @@ struct Shared {
     new_feed: Mutex<()>,
     /// Set when the writer asked the applier to start early.
     nudged: AtomicBool,
+    /// Paces redb's syncs during routine folds (see `paced`).
+    pace: Pace,
 }
 
 /// What the writer sends the applier.
@@ -136,9 +139,18 @@ impl Embedded {
         })?;
         let path = data_dir.join(FILE_NAME);
         let cache_bytes = options.cache_bytes;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .and_then(PacedFile::new)
+            .map_err(|e| StorageError::Other(format!("cannot open {}: {e}", path.display())))?;
+        let (file, pace) = file;
         let db = Database::builder()
             .set_cache_size(cache_bytes - cache_bytes / 4)
-            .create(&path)
+            .create_with_backend(file)
             .map_err(|e| match e {
                 redb::DatabaseError::DatabaseAlreadyOpen => StorageError::Other(format!(
                     "{} is in use by another process (is another ripple node running on this data dir?)",
@@ -187,6 +199,7 @@ impl Embedded {
             feed_id: AtomicU64::new(read_u64(&db, META, FEED_ID)?),
             new_feed: Mutex::new(()),
             nudged: AtomicBool::new(false),
+            pace,
         });
         let (to_applier, inbox) = std::sync::mpsc::channel();
         let segment_age = options.apply_every.max(MIN_SEGMENT_AGE);
@@ -546,7 +559,9 @@ fn fold_when_idle(
             .name("ripple-fold".into())
             .spawn_scoped(scope, || {
                 idle_priority();
-                apply(db, shared, &|| stop.load(Ordering::SeqCst))
+                shared
+                    .pace
+                    .gently(|| apply(db, shared, &|| stop.load(Ordering::SeqCst)))
             });
         let Ok(helper) = helper else {
             return None;

@@ -16,6 +16,7 @@
 pub mod codec;
 pub mod embedded;
 pub mod memtable;
+pub mod paced;
 pub mod sql;
 pub mod wal;
 pub mod writer;
