@@ -165,7 +165,7 @@ async fn unknown_route(req: Request) -> ApiError {
 }
 
 /// A JSON answer.
-pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {
+pub fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Response {
     let mut res = Response::new(Body::from(serde_json::to_vec(value).unwrap_or_default()));
     *res.status_mut() = status;
     res.headers_mut().insert(

@@ -334,7 +334,10 @@ pub async fn put(State(state): State<AppState>, req: Request) -> Result<Response
     };
     let mut res = json_response(
         status,
-        &serde_json::json!({"key": key, "version": outcome.version.to_string()}),
+        &Written {
+            key: &key,
+            version: outcome.version.to_string(),
+        },
     );
     res.headers_mut().insert(ETAG, etag(&outcome.version));
     if let Some(n) = replicas {
@@ -344,6 +347,13 @@ pub async fn put(State(state): State<AppState>, req: Request) -> Result<Response
         );
     }
     Ok(res)
+}
+
+/// A write's answer: `{"key": ..., "version": ...}`.
+#[derive(serde::Serialize)]
+struct Written<'a> {
+    key: &'a str,
+    version: String,
 }
 
 /// `DELETE /v1/kv/{key}`: 204; 404 when there is nothing to delete.
