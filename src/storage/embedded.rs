@@ -154,6 +154,14 @@ impl Shared {
         });
         Ok(records)
     }
+
+    /// Drops readers' snapshot after a commit. A read transaction keeps
+    /// every page it can see from being reused, so one kept until the
+    /// next reader missed the cache (which may be never: a node taking
+    /// only replicated writes) would make redb's file grow with each fold.
+    fn let_go_of_snapshot(&self) {
+        *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
 }
 
 /// What the writer sends the applier.
@@ -320,6 +328,7 @@ fn writer_loop(
     while let Some(work) = queue.blocking_next() {
         match work {
             Work::Commit(group) => {
+                lookup.let_go_if_behind(shared);
                 if let Err(e) = wait_for_room(shared, to_applier) {
                     group.answer(Err(e));
                     continue;
@@ -390,6 +399,15 @@ struct Lookup {
 }
 
 impl Lookup {
+    /// Drops the read transaction once the applier has committed since it
+    /// began (see `Shared::let_go_of_snapshot`).
+    fn let_go_if_behind(&mut self, shared: &Shared) {
+        let applied = shared.applied.load(Ordering::SeqCst);
+        if self.records.as_ref().is_some_and(|(at, _)| *at != applied) {
+            self.records = None;
+        }
+    }
+
     /// The version stored for `key`: the memtable's, else the cache's,
     /// else redb's.
     fn version(&mut self, db: &Database, shared: &Shared, key: &str) -> Result<Option<Version>> {
@@ -614,10 +632,13 @@ fn fold_when_idle(
                 Ok(ToApplier::Nudge) => {
                     asked = true;
                     stop.store(true, Ordering::SeqCst);
+                    // Past its last look, in the commit: sync at once.
+                    shared.pace.hurry();
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     // Closing: the rest is folded here.
                     stop.store(true, Ordering::SeqCst);
+                    shared.pace.hurry();
                     std::thread::sleep(HELPER_POLL);
                 }
                 Ok(ToApplier::Purge(job)) => held.push_back(job),
@@ -729,6 +750,7 @@ fn write_snapshot(
     // sees the new count and seq, and reads redb afresh.
     shared.applied_seq.fetch_max(last_seq, Ordering::SeqCst);
     shared.applied.store(snap.groups(), Ordering::SeqCst);
+    shared.let_go_of_snapshot();
     shared.mem.release(snap);
     Ok(Folded::All)
 }
@@ -876,6 +898,7 @@ fn purge(
     // the keys: one that missed the cache now must not fill it from the
     // older snapshot.
     shared.purges.fetch_add(1, Ordering::SeqCst);
+    shared.let_go_of_snapshot();
     for key in &gone {
         shared.cache.remove(key);
     }
@@ -885,14 +908,18 @@ fn purge(
 #[async_trait]
 impl Storage for Embedded {
     async fn get(&self, key: &str) -> Result<Option<Entry>> {
+        let cache = &self.shared.cache;
+        // Taken before the memtable is read: a write that lands after this
+        // look at the memtable bumps it before its record can leave the
+        // cache again, so what is read from redb below is not cached over
+        // it.
+        let generation = cache.generation(key);
         if let Some(entry) = self.shared.mem.get(key) {
             return Ok(Some(entry));
         }
-        let cache = &self.shared.cache;
-        let generation = match cache.get(key) {
-            Ok(entry) => return Ok(Some(entry)),
-            Err(generation) => generation,
-        };
+        if let Ok(entry) = cache.get(key) {
+            return Ok(Some(entry));
+        }
         let records = self.shared.records(&self.db)?;
         match records.get(key).map_err(other)? {
             Some(bytes) => {
@@ -1084,8 +1111,9 @@ impl Storage for Embedded {
 /// Recently read and written records, so that reading a hot key skips
 /// redb (a read transaction, a B-tree walk, a decode). Only the writer
 /// thread changes it, after each commit; a reader fills it with what it
-/// read from redb only when no write touched the key's shard meanwhile
-/// (`generation`), so it never holds a value older than redb's.
+/// read from redb only when no write touched the key's shard since before
+/// the reader looked in the memtable (`generation`), so it never holds a
+/// value older than the memtable's or redb's.
 struct RecordCache {
     shards: Box<[Mutex<CacheShard>]>,
     /// Picks a key's shard (seeded apart from the shards' own maps).
@@ -1129,6 +1157,11 @@ impl RecordCache {
     fn get(&self, key: &str) -> std::result::Result<Entry, u64> {
         let shard = self.shard(key);
         shard.map.get(key).cloned().ok_or(shard.generation)
+    }
+
+    /// The count of writes to `key`'s shard so far, for `fill`.
+    fn generation(&self, key: &str) -> u64 {
+        self.shard(key).generation
     }
 
     /// Caches what a reader read, unless a write came in between.
@@ -1369,6 +1402,27 @@ mod tests {
         cache.fill(&entry("k", 1, "old"), generation);
         assert_eq!(cache.get("k").unwrap(), entry("k", 2, "new"));
         cache.remove("k");
+        assert!(cache.get("k").is_err());
+    }
+
+    /// A write whose record does not stay in the cache (evicted at once,
+    /// here by a budget smaller than the record) still refuses a fill
+    /// begun before it: the reader would otherwise cache the older value
+    /// over the one in the memtable.
+    #[test]
+    fn a_write_evicted_at_once_still_refuses_an_older_fill() {
+        let cache = RecordCache::new(CACHE_SHARDS * 10);
+        let generation = cache.generation("k");
+        let batch = Batch {
+            records: vec![entry("k", 2, &"n".repeat(100)).record],
+            cursor: None,
+        };
+        cache.stored(
+            std::slice::from_ref(&batch),
+            &[vec![Applied::Stored { seq: 2 }]],
+        );
+        assert!(cache.get("k").is_err(), "the record should not fit");
+        cache.fill(&entry("k", 1, "old"), generation);
         assert!(cache.get("k").is_err());
     }
 

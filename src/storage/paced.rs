@@ -16,7 +16,8 @@
 //! never holds more than one step of ours, so a log sync waits behind at
 //! most that, and the fdatasync that follows finds the data written and
 //! only flushes the disk's cache and the file's metadata. What is durable,
-//! and when, is as before: redb's sync returns only after the fdatasync.
+//! and when, is as before: redb's sync returns only after the fdatasync,
+//! and fails if a step failed.
 //!
 //! One step at a time is slower than one burst, so a fold the writer
 //! asked for (the memtable is filling up: the node is taking writes as
@@ -50,20 +51,35 @@ pub struct PacedFile {
     /// Ranges written since the last sync, as (offset, end).
     dirty: Mutex<Vec<(u64, u64)>>,
     pace: Pace,
+    /// Set once `sync_file_range` proved unavailable.
+    unsupported: AtomicBool,
 }
 
 /// Whether the next syncs write back in steps. Shared by the backend and
-/// the engine's applier, which sets it around a routine fold.
+/// the engine's applier, which sets it around a routine fold and clears
+/// it when the writer asks for a fold meanwhile.
 #[derive(Clone, Debug, Default)]
 pub struct Pace(Arc<AtomicBool>);
 
 impl Pace {
-    /// Runs `f` with paced syncs.
+    /// Runs `f` with paced syncs (unless `hurry` is called meanwhile).
     pub fn gently<T>(&self, f: impl FnOnce() -> T) -> T {
+        /// Clears the flag however `f` ends, a panic included.
+        struct Reset<'a>(&'a AtomicBool);
+        impl Drop for Reset<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::SeqCst);
+            }
+        }
         self.0.store(true, Ordering::SeqCst);
-        let out = f();
+        let _reset = Reset(&self.0);
+        f()
+    }
+
+    /// Ends pacing now: the steps left of a write-back in progress are
+    /// left to the fdatasync, in one burst.
+    pub fn hurry(&self) {
         self.0.store(false, Ordering::SeqCst);
-        out
     }
 
     fn is_gentle(&self) -> bool {
@@ -82,24 +98,49 @@ impl PacedFile {
             file: ours,
             dirty: Mutex::new(Vec::new()),
             pace: pace.clone(),
+            unsupported: AtomicBool::new(false),
         };
         Ok((backend, pace))
     }
 
     /// Writes back the ranges written since the last sync, one step at a
-    /// time. Best effort: on a failure the fdatasync that follows does the
-    /// rest, and reports any error.
-    fn write_back(&self) {
+    /// time, while pacing is on.
+    ///
+    /// An I/O error is returned, not left to the fdatasync: the descriptor
+    /// shares redb's open file, and the kernel reports a write-back error
+    /// once per open file, so the fdatasync after it would succeed and
+    /// redb would take pages that never reached the disk for durable. A
+    /// file system without `sync_file_range` only turns pacing off.
+    fn write_back(&self) -> std::io::Result<()> {
         let mut ranges = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()));
-        if !self.pace.is_gentle() {
-            return;
+        if !self.pace.is_gentle() || self.unsupported.load(Ordering::Relaxed) {
+            return Ok(());
         }
         for (start, end) in steps(&mut ranges) {
-            if sync_range(&self.file, start, end - start).is_err() {
-                return;
+            if !self.pace.is_gentle() {
+                break;
+            }
+            match sync_range(&self.file, start, end - start) {
+                Ok(()) => {}
+                Err(e) if unsupported(&e) => {
+                    tracing::debug!(error = %e, "sync_file_range is not supported here: redb's syncs are not paced");
+                    self.unsupported.store(true, Ordering::Relaxed);
+                    break;
+                }
+                Err(e) => return Err(e),
             }
         }
+        Ok(())
     }
+}
+
+/// Whether `sync_file_range` failed because the file system (or the
+/// kernel) does not offer it, rather than because writing failed.
+fn unsupported(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP | libc::ESPIPE)
+    )
 }
 
 /// The ranges sorted, merged across small gaps, and cut into steps of at
@@ -155,7 +196,7 @@ impl StorageBackend for PacedFile {
     }
 
     fn sync_data(&self) -> Result<(), BackendIoError> {
-        self.write_back();
+        self.write_back()?;
         self.inner.sync_data()
     }
 
@@ -287,6 +328,22 @@ mod tests {
             redb::Database::builder().create_with_backend(backend),
             Err(redb::DatabaseError::DatabaseAlreadyOpen)
         ));
+    }
+
+    #[test]
+    fn pacing_ends_with_its_fold_even_a_panicking_one() {
+        let pace = Pace::default();
+        assert!(pace.gently(|| pace.is_gentle()));
+        assert!(!pace.is_gentle());
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pace.gently(|| panic!("a fold failed"))
+        }));
+        assert!(caught.is_err());
+        assert!(!pace.is_gentle());
+        assert!(!pace.gently(|| {
+            pace.hurry();
+            pace.is_gentle()
+        }));
     }
 
     #[test]
