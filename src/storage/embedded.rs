@@ -113,52 +113,41 @@ struct Shared {
     nudged: AtomicBool,
     /// Paces redb's syncs during routine folds (see `paced`).
     pace: Pace,
-    /// Purges committed, bumped after each: with `applied`, when readers
-    /// need a newer snapshot of redb.
-    purges: AtomicU64,
     /// Readers' snapshot of the records table (see `Shared::records`).
-    snapshot: Mutex<Option<Snapshot>>,
+    snapshot: Mutex<Option<Arc<RecordsTable>>>,
 }
 
 type RecordsTable = redb::ReadOnlyTable<&'static str, &'static [u8]>;
-
-/// A read transaction's records table, and the `applied` and `purges` it
-/// was begun at.
-struct Snapshot {
-    at: (u64, u64),
-    records: Arc<RecordsTable>,
-}
 
 impl Shared {
     /// redb's records table as of the last fold and purge, for a reader
     /// that missed the memtable and the cache. Readers share one read
     /// transaction until the applier commits again, instead of each
     /// beginning one and opening the table (a third of a PUT's storage
-    /// work, most of a missed GET's). Sound for the reason `Lookup` is: a
-    /// record leaves the memtable only after `applied` moved past it, so a
-    /// reader that missed it there finds a snapshot that holds it.
+    /// work, most of a missed GET's).
+    ///
+    /// The applier drops the snapshot after each commit (see
+    /// `let_go_of_snapshot`), before the memtable or the cache lets go of
+    /// anything the commit holds; and a snapshot is begun and kept under
+    /// one lock, so one kept after that drop was begun after the commit.
+    /// A reader that missed a record in the memtable or the cache
+    /// therefore finds a snapshot that holds it.
     fn records(&self, db: &Database) -> Result<Arc<RecordsTable>> {
-        let at = (
-            self.applied.load(Ordering::SeqCst),
-            self.purges.load(Ordering::SeqCst),
-        );
         let mut snapshot = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = snapshot.as_ref().filter(|s| s.at == at) {
-            return Ok(s.records.clone());
+        if let Some(records) = snapshot.as_ref() {
+            return Ok(records.clone());
         }
         let txn = db.begin_read().map_err(other)?;
         let records = Arc::new(txn.open_table(RECORDS).map_err(other)?);
-        *snapshot = Some(Snapshot {
-            at,
-            records: records.clone(),
-        });
+        *snapshot = Some(records.clone());
         Ok(records)
     }
 
-    /// Drops readers' snapshot after a commit. A read transaction keeps
-    /// every page it can see from being reused, so one kept until the
-    /// next reader missed the cache (which may be never: a node taking
-    /// only replicated writes) would make redb's file grow with each fold.
+    /// Drops readers' snapshot after a commit: the next reader begins
+    /// one that sees it. Also, a read transaction keeps every page it can
+    /// see from being reused, so one kept until a reader missed the cache
+    /// (which may be never: a node taking only replicated writes) would
+    /// make redb's file grow with each fold.
     fn let_go_of_snapshot(&self) {
         *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
@@ -249,7 +238,6 @@ impl Embedded {
             new_feed: Mutex::new(()),
             nudged: AtomicBool::new(false),
             pace,
-            purges: AtomicU64::new(0),
             snapshot: Mutex::new(None),
         });
         let (to_applier, inbox) = std::sync::mpsc::channel();
@@ -746,8 +734,9 @@ fn write_snapshot(
         t.finish()?
     };
     txn.commit().map_err(other)?;
-    // In this order: a lookup or a feed read that misses the memtable then
-    // sees the new count and seq, and reads redb afresh.
+    // In this order: a lookup, a feed read or a reader that misses the
+    // memtable then sees the new count and seq (and no readers' snapshot
+    // older than this commit), and reads redb afresh.
     shared.applied_seq.fetch_max(last_seq, Ordering::SeqCst);
     shared.applied.store(snap.groups(), Ordering::SeqCst);
     shared.let_go_of_snapshot();
@@ -894,10 +883,8 @@ fn purge(
         gone = victims.into_iter().map(|(_, key)| key).collect();
     }
     txn.commit().map_err(other)?;
-    // Readers' next snapshot must be this one before the cache forgets
-    // the keys: one that missed the cache now must not fill it from the
-    // older snapshot.
-    shared.purges.fetch_add(1, Ordering::SeqCst);
+    // Before the cache forgets the keys: a reader that misses the cache
+    // then must not fill it from the older snapshot.
     shared.let_go_of_snapshot();
     for key in &gone {
         shared.cache.remove(key);
