@@ -177,15 +177,8 @@ impl Embedded {
         })?;
         let path = data_dir.join(FILE_NAME);
         let cache_bytes = options.cache_bytes;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .and_then(PacedFile::new)
+        let (file, pace) = PacedFile::open(&path)
             .map_err(|e| StorageError::Other(format!("cannot open {}: {e}", path.display())))?;
-        let (file, pace) = file;
         let db = Database::builder()
             .set_cache_size(cache_bytes - cache_bytes / 4)
             .create_with_backend(file)

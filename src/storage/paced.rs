@@ -26,6 +26,7 @@
 
 use std::fs::File;
 use std::ops::Bound;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -88,8 +89,20 @@ impl Pace {
 }
 
 impl PacedFile {
+    /// Opens (or creates) the file at `path` as redb's own `create` does,
+    /// and returns the backend and the switch that paces its syncs.
+    pub fn open(path: &Path) -> std::io::Result<(Self, Pace)> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        PacedFile::new(file)
+    }
+
     /// The backend for `file`, and the switch that paces its syncs.
-    pub fn new(file: File) -> std::io::Result<(Self, Pace)> {
+    fn new(file: File) -> std::io::Result<(Self, Pace)> {
         let ours = file.try_clone()?;
         let inner = redb::backends::FileBackend::new(file).map_err(std::io::Error::other)?;
         let pace = Pace::default();
@@ -264,15 +277,8 @@ mod tests {
 
     const T: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("t");
 
-    fn open(path: &std::path::Path) -> (redb::Database, Pace) {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .unwrap();
-        let (backend, pace) = PacedFile::new(file).unwrap();
+    fn open(path: &Path) -> (redb::Database, Pace) {
+        let (backend, pace) = PacedFile::open(path).unwrap();
         (
             redb::Database::builder()
                 .create_with_backend(backend)
@@ -318,12 +324,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         let (_db, _) = open(&path);
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        let (backend, _) = PacedFile::new(file).unwrap();
+        let (backend, _) = PacedFile::open(&path).unwrap();
         assert!(matches!(
             redb::Database::builder().create_with_backend(backend),
             Err(redb::DatabaseError::DatabaseAlreadyOpen)
