@@ -1224,18 +1224,23 @@ mod tests {
         }
     }
 
+    /// An engine whose applier thread stays out of the way: the test
+    /// folds, by calling `apply`.
+    fn open_without_applier(dir: &Path) -> Embedded {
+        let options = Options {
+            apply_every: Duration::from_secs(3600),
+            ..Options::default()
+        };
+        Embedded::open_with(dir, options).unwrap()
+    }
+
     /// A fold stopped partway (its helper yielded) drops its transaction:
     /// every record stays readable from the memtable, in the feed at its
     /// seq, and the next fold writes the stopped table and the newer one.
     #[tokio::test]
     async fn a_stopped_fold_leaves_everything_for_the_next() {
         let dir = tempfile::tempdir().unwrap();
-        let options = Options {
-            // The applier thread stays out of the way: the test folds.
-            apply_every: Duration::from_secs(3600),
-            ..Options::default()
-        };
-        let s = Embedded::open_with(dir.path(), options).unwrap();
+        let s = open_without_applier(dir.path());
         let write = |range: std::ops::Range<u64>| Batch {
             records: range
                 .map(|i| entry(&format!("k{i:04}"), i, &format!("v{i}")).record)
@@ -1285,11 +1290,7 @@ mod tests {
     #[tokio::test]
     async fn reads_from_redb_see_every_fold_and_purge() {
         let dir = tempfile::tempdir().unwrap();
-        let options = Options {
-            apply_every: Duration::from_secs(3600),
-            ..Options::default()
-        };
-        let s = Embedded::open_with(dir.path(), options).unwrap();
+        let s = open_without_applier(dir.path());
         let one = |e: Entry| Batch {
             records: vec![e.record],
             cursor: None,
