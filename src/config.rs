@@ -212,6 +212,11 @@ pub struct ReplicationConfig {
     /// How long a feed request waits for a change before answering empty.
     #[serde(default = "default_long_poll_ms")]
     pub long_poll_ms: u64,
+    /// How long a puller waits after applying an answer with records before
+    /// it asks again, while it is caught up: the changes of that time come
+    /// in one answer (0: ask at once).
+    #[serde(default = "default_batch_linger_ms")]
+    pub batch_linger_ms: u64,
     /// How long a write with `replicas=` waits before answering 504.
     #[serde(default = "default_replica_timeout_ms")]
     pub replica_timeout_ms: u64,
@@ -233,6 +238,7 @@ impl Default for ReplicationConfig {
             batch_max_records: default_batch_max_records(),
             batch_max_bytes: default_batch_max_bytes(),
             long_poll_ms: default_long_poll_ms(),
+            batch_linger_ms: default_batch_linger_ms(),
             replica_timeout_ms: default_replica_timeout_ms(),
             tombstone_grace_secs: default_tombstone_grace_secs(),
             gc_interval_secs: default_gc_interval_secs(),
@@ -249,6 +255,9 @@ fn default_batch_max_bytes() -> usize {
 }
 fn default_long_poll_ms() -> u64 {
     20_000
+}
+fn default_batch_linger_ms() -> u64 {
+    1
 }
 fn default_replica_timeout_ms() -> u64 {
     5_000
@@ -390,6 +399,12 @@ impl Config {
             bail!(
                 "replication.long_poll_ms must be between 1 and 60000, not {}",
                 r.long_poll_ms
+            );
+        }
+        if r.batch_linger_ms > 1_000 {
+            bail!(
+                "replication.batch_linger_ms must be between 0 and 1000, not {}",
+                r.batch_linger_ms
             );
         }
         if r.replica_timeout_ms == 0 || r.replica_timeout_ms > 600_000 {
@@ -576,6 +591,7 @@ mod tests {
         assert!(err("nodeid = \"x\"").contains("nodeid"));
         assert!(err("[limits]\nmax_key_bytes = 0").contains("max_key_bytes"));
         assert!(err("[limits]\nmax_key_bytes = -1").contains("max_key_bytes"));
+        assert!(err("[replication]\nbatch_linger_ms = 1001").contains("batch_linger_ms"));
         assert!(err("listen = \"nowhere\"").contains("listen"));
         assert!(err("[storage]\nengine = \"oracle\"").contains("oracle"));
         assert!(err("node_id = \"a b\"").contains("node_id"));

@@ -1216,3 +1216,82 @@ fn a_blocking_read_answers_when_the_version_arrives() {
         }
     });
 }
+
+/// The member entry that node `i` shows for node `of`.
+async fn member(cluster: &Cluster, i: usize, of: usize) -> serde_json::Value {
+    let status = status(cluster, i).await;
+    status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == node_id(of).as_str())
+        .unwrap_or_else(|| panic!("no member {} in {status}", node_id(of)))
+        .clone()
+}
+
+/// `batch_linger_ms`: a caught-up puller waits that long after each answer
+/// with records, so a stream of writes reaches it in a few answers instead
+/// of one each; a write with `replicas=` still gets its acknowledgement at
+/// once.
+#[test]
+fn a_puller_lingers_to_batch_a_stream_of_writes() {
+    const LINGER_MS: u64 = 300;
+    let cluster = Cluster::start(
+        2,
+        &format!("[replication]\nbatch_linger_ms = {LINGER_MS}\n"),
+    );
+    let runtime = rt();
+    runtime.block_on(async {
+        let mut expected = BTreeMap::new();
+        let first = cluster.key_mastered_by(0, "first");
+        cluster.client(0).put(&first, b("1"), None).await.unwrap();
+        expected.insert(first, b"1".to_vec());
+        cluster.converge_to(&expected, CONVERGE).await;
+        let before = member(&cluster, 1, 0).await["batches_applied"]
+            .as_u64()
+            .unwrap();
+        assert!(before >= 1, "no batch counted");
+
+        // 40 writes one after another, then until n2 has them all.
+        let start = std::time::Instant::now();
+        for i in 0..40 {
+            let key = cluster.key_mastered_by(0, &format!("stream{i}"));
+            let r = cluster.client(0).put(&key, b("s"), None).await.unwrap();
+            assert!(r.status.is_success(), "{}", r.error_message());
+            expected.insert(key, b"s".to_vec());
+        }
+        cluster.converge_to(&expected, CONVERGE).await;
+        let elapsed = start.elapsed();
+        let batches = member(&cluster, 1, 0).await["batches_applied"]
+            .as_u64()
+            .unwrap()
+            - before;
+        // One answer with records at most per linger, plus the one that
+        // ended a linger begun before the stream.
+        let bound = elapsed.as_millis() as u64 / LINGER_MS + 2;
+        assert!(
+            (1..=bound).contains(&batches),
+            "40 writes over {elapsed:?} came in {batches} answers; at most {bound} expected"
+        );
+
+        // replicas=1: the peer asks again at once after applying it, so
+        // its acknowledgement does not wait out the linger each time.
+        let start = std::time::Instant::now();
+        for i in 0..10 {
+            let key = cluster.key_mastered_by(0, &format!("acked{i}"));
+            let path = format!("{}?replicas=1", ripple::client::kv_path(&key));
+            let r = cluster
+                .client(0)
+                .request(Method::PUT, &path, &[], b("a"))
+                .await
+                .unwrap();
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.error_message());
+            assert_eq!(r.header("x-ripple-replicas"), Some("1"));
+        }
+        let elapsed = start.elapsed();
+        assert!(
+            elapsed < Duration::from_millis(10 * LINGER_MS / 2),
+            "10 writes with replicas=1 took {elapsed:?}: their acknowledgements waited out the linger"
+        );
+    });
+}

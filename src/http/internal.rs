@@ -56,6 +56,7 @@ pub async fn feed(State(state): State<AppState>, req: Request) -> Result<Respons
             (feed::FEED_ID, answer.feed_id),
             (feed::UPTO, answer.upto),
             (feed::LAST_SEQ, answer.last_seq),
+            (feed::ACK_WANTED, u64::from(answer.ack_wanted)),
         ],
     ))
 }

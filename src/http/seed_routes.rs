@@ -217,11 +217,13 @@ async fn store(State(state): State<AppState>, req: Request) -> Response {
             .filter(|t| !t.is_empty() && t.len() <= 256)
             .unwrap_or(DEFAULT_CONTENT_TYPE)
             .to_owned();
+        let opts = write_options(&state, canonical);
+        let _awaiting = state.repl.awaiting_acks(opts.replicas);
         let outcome = state
             .node
             .put(&key, value, content_type, &Preconditions::default())
             .await?;
-        await_replicas(&state, &outcome, write_options(&state, canonical)).await?;
+        await_replicas(&state, &outcome, opts).await?;
         Ok::<_, ApiError>(Ok(location(&state, &parts, &key)))
     }
     .await;
@@ -255,6 +257,8 @@ async fn delete(State(state): State<AppState>, req: Request) -> Response {
         if let Some(res) = forward::to_master(&state, &key, &parts, Bytes::new(), wait).await {
             return Ok(Some(res));
         }
+        let opts = write_options(&state, canonical);
+        let _awaiting = state.repl.awaiting_acks(opts.replicas);
         let outcome = state
             .node
             .delete(&key, &Preconditions::default())
@@ -265,7 +269,7 @@ async fn delete(State(state): State<AppState>, req: Request) -> Response {
                 }
                 e => e.into(),
             })?;
-        await_replicas(&state, &outcome, write_options(&state, canonical)).await?;
+        await_replicas(&state, &outcome, opts).await?;
         Ok::<_, ApiError>(None)
     }
     .await;

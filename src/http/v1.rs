@@ -325,6 +325,7 @@ pub async fn put(State(state): State<AppState>, req: Request) -> Result<Response
     {
         return Ok(res);
     }
+    let _awaiting = state.repl.awaiting_acks(opts.replicas);
     let outcome = state.node.put(&key, value, content_type, &pre).await?;
     let replicas = await_replicas(&state, &outcome, opts).await?;
     let status = if outcome.created {
@@ -374,6 +375,7 @@ pub async fn delete(State(state): State<AppState>, req: Request) -> Result<Respo
     {
         return Ok(res);
     }
+    let _awaiting = state.repl.awaiting_acks(opts.replicas);
     let outcome = state.node.delete(&key, &pre).await.map_err(|e| match e {
         NodeError::NotFound => {
             ApiError::not_found(format!("no value is stored under the key {key:?}"))

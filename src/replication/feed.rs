@@ -14,6 +14,9 @@
 //!   the asker stores it as its new cursor with the records, even when
 //!   there are none (seqs whose records were replaced or purged).
 //! - `x-ripple-last-seq`: this node's highest seq, for lag figures.
+//! - `x-ripple-ack-wanted`: `1` when a write here waits for its replicas
+//!   (`replicas=`): the asker then asks again at once, as its next request
+//!   is what acknowledges the batch, rather than linger.
 //!
 //! A request whose `from` and `feed` match records `after` as that peer's
 //! acknowledgement (see `Replication::record_ack`).
@@ -32,6 +35,7 @@ pub const PATH: &str = "/internal/v1/feed";
 pub const FEED_ID: &str = "x-ripple-feed-id";
 pub const UPTO: &str = "x-ripple-feed-upto";
 pub const LAST_SEQ: &str = "x-ripple-last-seq";
+pub const ACK_WANTED: &str = "x-ripple-ack-wanted";
 
 /// The longest a feed request may wait.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -71,6 +75,8 @@ pub struct FeedAnswer {
     pub entries: Vec<Entry>,
     pub upto: u64,
     pub last_seq: u64,
+    /// Whether a write on the answering node waits for acknowledgements.
+    pub ack_wanted: bool,
 }
 
 /// Serves a feed request.
@@ -96,6 +102,7 @@ pub async fn read(repl: &Replication, q: &FeedQuery) -> Result<FeedAnswer, Stora
             entries: Vec::new(),
             upto: 0,
             last_seq: storage.last_seq().await?,
+            ack_wanted: false,
         });
     }
     if let Some(from) = &q.from {
@@ -164,6 +171,7 @@ pub async fn read(repl: &Replication, q: &FeedQuery) -> Result<FeedAnswer, Stora
             entries,
             upto,
             last_seq,
+            ack_wanted: repl.acks_awaited(),
         });
     }
 }
@@ -214,6 +222,7 @@ pub async fn fetch(peers: &Peers, id: &str, q: &FeedQuery) -> Result<FeedAnswer,
     let feed_id = header(FEED_ID)?;
     let upto = header(UPTO)?;
     let last_seq = header(LAST_SEQ)?;
+    let ack_wanted = reply.header(ACK_WANTED) == Some("1");
     let entries = codec::decode(reply.body.clone())
         .map_err(|e| FetchError::Bad(format!("{id} sent a bad feed frame: {e}")))?;
     Ok(FeedAnswer {
@@ -221,6 +230,7 @@ pub async fn fetch(peers: &Peers, id: &str, q: &FeedQuery) -> Result<FeedAnswer,
         entries,
         upto,
         last_seq,
+        ack_wanted,
     })
 }
 

@@ -19,6 +19,7 @@ pub mod puller;
 pub mod repair;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,6 +47,17 @@ pub struct PullStatus {
     /// When the latest request whose answer is fully applied was sent: any
     /// answer the peer made before then has been applied here.
     pub applied_round: Option<Instant>,
+    /// Answers with records applied since this node started.
+    pub batches_applied: u64,
+}
+
+/// A write waiting for acknowledgements; see `Replication::awaiting_acks`.
+pub struct AwaitingAcks<'a>(&'a AtomicUsize);
+
+impl Drop for AwaitingAcks<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// One puller's shared state.
@@ -63,6 +75,8 @@ pub struct Replication {
     pub config: ReplicationConfig,
     /// Each peer's durable cursor on this node's feed.
     acks: watch::Sender<HashMap<String, u64>>,
+    /// Writes between `awaiting_acks` and the end of their wait.
+    awaiting_acks: AtomicUsize,
     pulls: HashMap<String, Arc<Pull>>,
     stop: watch::Sender<bool>,
 }
@@ -88,6 +102,9 @@ pub struct MemberStatus {
     pub lag_ms: Option<u64>,
     /// How far it has applied this node's feed, as its requests say.
     pub acked: Option<u64>,
+    /// Answers of its feed with records applied here since this node
+    /// started.
+    pub batches_applied: Option<u64>,
     pub last_error: Option<String>,
 }
 
@@ -129,6 +146,7 @@ impl Replication {
             peers,
             config,
             acks: watch::Sender::new(HashMap::new()),
+            awaiting_acks: AtomicUsize::new(0),
             pulls,
             stop: watch::Sender::new(false),
         })
@@ -229,6 +247,21 @@ impl Replication {
         });
     }
 
+    /// Marks a write that will wait for acknowledgements, from before it
+    /// is stored until the guard drops, so that the feed answer that
+    /// carries it says so (`acks_awaited`). None when `wanted` is 0.
+    pub fn awaiting_acks(&self, wanted: usize) -> Option<AwaitingAcks<'_>> {
+        (wanted > 0).then(|| {
+            self.awaiting_acks.fetch_add(1, Ordering::SeqCst);
+            AwaitingAcks(&self.awaiting_acks)
+        })
+    }
+
+    /// Whether a write waits for peers' acknowledgements.
+    pub fn acks_awaited(&self) -> bool {
+        self.awaiting_acks.load(Ordering::SeqCst) > 0
+    }
+
     /// Each peer's acknowledged seq (peers never heard from are absent).
     pub fn acks(&self) -> HashMap<String, u64> {
         self.acks.borrow().clone()
@@ -322,6 +355,7 @@ impl Replication {
                         lag_changes: None,
                         lag_ms: None,
                         acked: None,
+                        batches_applied: None,
                         last_error: None,
                     };
                 }
@@ -345,6 +379,7 @@ impl Replication {
                             .unwrap_or(0),
                     ),
                     acked: acks.get(&m.id).copied(),
+                    batches_applied: Some(s.batches_applied),
                     last_error: s.last_error,
                 }
             })

@@ -1,7 +1,9 @@
 //! The puller: one task per peer that follows the peer's feed from this
 //! node's durable cursor, applies each batch with the new cursor in one
 //! transaction, and long-polls when caught up, so a write reaches the peers
-//! in milliseconds. When the peer cannot be reached it backs off (up to a
+//! in milliseconds. Under a steady stream of writes it lingers a moment
+//! after each answer (`batch_linger_ms`), so that one answer and one
+//! commit carry several writes. When the peer cannot be reached it backs off (up to a
 //! few seconds, cut short by `sync`) and resumes from the cursor.
 
 use std::sync::Arc;
@@ -32,6 +34,7 @@ pub async fn run(repl: Arc<Replication>, peer: String) {
     // started: from then on it can leave out its own records (see
     // `FeedQuery::skip_own`).
     let mut caught_up = false;
+    let linger = Duration::from_millis(repl.config.batch_linger_ms);
     while !repl.is_stopped() {
         let q = FeedQuery {
             after: cursor,
@@ -86,7 +89,8 @@ pub async fn run(repl: Arc<Replication>, peer: String) {
             }
             continue;
         }
-        if answer.upto > cursor || !answer.entries.is_empty() {
+        let had_records = !answer.entries.is_empty();
+        if answer.upto > cursor || had_records {
             let records = answer.entries.into_iter().map(|e| e.record).collect();
             let name = cursor_name(&peer, feed_id);
             if let Err(e) = repl.node.apply_remote(&name, records, answer.upto).await {
@@ -106,11 +110,22 @@ pub async fn run(repl: Arc<Replication>, peer: String) {
             s.cursor = cursor;
             s.peer_last_seq = answer.last_seq.max(cursor);
             s.applied_round = Some(sent);
+            s.batches_applied += u64::from(had_records);
             if cursor >= answer.last_seq {
                 s.behind_since = None;
             } else {
                 s.behind_since.get_or_insert_with(Instant::now);
             }
         });
+        // Caught up under a stream of writes: let the next ones gather
+        // rather than fetch and commit each one or two on their own;
+        // unless a write on the peer waits for this batch's acknowledgement,
+        // which the next request carries.
+        if had_records && cursor >= answer.last_seq && !answer.ack_wanted && !linger.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(linger) => {}
+                _ = repl.stopped() => break,
+            }
+        }
     }
 }
