@@ -401,9 +401,9 @@ impl Config {
                 r.long_poll_ms
             );
         }
-        if r.batch_linger_ms > 1_000 {
+        if r.batch_linger_ms > 100 {
             bail!(
-                "replication.batch_linger_ms must be between 0 and 1000, not {}",
+                "replication.batch_linger_ms must be between 0 and 100, not {}",
                 r.batch_linger_ms
             );
         }
@@ -591,7 +591,7 @@ mod tests {
         assert!(err("nodeid = \"x\"").contains("nodeid"));
         assert!(err("[limits]\nmax_key_bytes = 0").contains("max_key_bytes"));
         assert!(err("[limits]\nmax_key_bytes = -1").contains("max_key_bytes"));
-        assert!(err("[replication]\nbatch_linger_ms = 1001").contains("batch_linger_ms"));
+        assert!(err("[replication]\nbatch_linger_ms = 101").contains("batch_linger_ms"));
         assert!(err("listen = \"nowhere\"").contains("listen"));
         assert!(err("[storage]\nengine = \"oracle\"").contains("oracle"));
         assert!(err("node_id = \"a b\"").contains("node_id"));

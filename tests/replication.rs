@@ -1231,26 +1231,31 @@ async fn member(cluster: &Cluster, i: usize, of: usize) -> serde_json::Value {
 
 /// `batch_linger_ms`: a caught-up puller waits that long after each answer
 /// with records, so a stream of writes reaches it in a few answers instead
-/// of one each; a write with `replicas=` still gets its acknowledgement at
-/// once.
+/// of one each; a write with `replicas=` still gets its acknowledgement
+/// without waiting out the linger each time.
 #[test]
 fn a_puller_lingers_to_batch_a_stream_of_writes() {
-    const LINGER_MS: u64 = 300;
+    // The longest linger allowed.
+    const LINGER_MS: u64 = 100;
     let cluster = Cluster::start(
         2,
         &format!("[replication]\nbatch_linger_ms = {LINGER_MS}\n"),
     );
     let runtime = rt();
     runtime.block_on(async {
+        let batches = || async { member(&cluster, 1, 0).await["batches_applied"].as_u64().unwrap() };
         let mut expected = BTreeMap::new();
         let first = cluster.key_mastered_by(0, "first");
         cluster.client(0).put(&first, b("1"), None).await.unwrap();
         expected.insert(first, b"1".to_vec());
         cluster.converge_to(&expected, CONVERGE).await;
-        let before = member(&cluster, 1, 0).await["batches_applied"]
-            .as_u64()
-            .unwrap();
-        assert!(before >= 1, "no batch counted");
+        // The counter moves just after the records become visible.
+        let start = std::time::Instant::now();
+        while batches().await == 0 {
+            assert!(start.elapsed() < CONVERGE, "no batch counted");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let before = batches().await;
 
         // 40 writes one after another, then until n2 has them all.
         let start = std::time::Instant::now();
@@ -1262,26 +1267,25 @@ fn a_puller_lingers_to_batch_a_stream_of_writes() {
         }
         cluster.converge_to(&expected, CONVERGE).await;
         let elapsed = start.elapsed();
-        let batches = member(&cluster, 1, 0).await["batches_applied"]
-            .as_u64()
-            .unwrap()
-            - before;
+        let applied = batches().await - before;
         // One answer with records at most per linger, plus the one that
         // ended a linger begun before the stream.
         let bound = elapsed.as_millis() as u64 / LINGER_MS + 2;
         assert!(
-            (1..=bound).contains(&batches),
-            "40 writes over {elapsed:?} came in {batches} answers; at most {bound} expected"
+            (1..=bound).contains(&applied),
+            "40 writes over {elapsed:?} came in {applied} answers; at most {bound} expected"
         );
 
-        // replicas=1: the peer asks again at once after applying it, so
-        // its acknowledgement does not wait out the linger each time.
+        // replicas=1, through the master and forwarded to it: the peer asks
+        // again at once after applying each, so the acknowledgements do not
+        // wait out the linger (which would take 20 lingers at least).
+        tokio::time::sleep(Duration::from_millis(LINGER_MS + 50)).await;
         let start = std::time::Instant::now();
-        for i in 0..10 {
+        for i in 0..20 {
             let key = cluster.key_mastered_by(0, &format!("acked{i}"));
             let path = format!("{}?replicas=1", ripple::client::kv_path(&key));
             let r = cluster
-                .client(0)
+                .client(i % 2)
                 .request(Method::PUT, &path, &[], b("a"))
                 .await
                 .unwrap();
@@ -1290,8 +1294,8 @@ fn a_puller_lingers_to_batch_a_stream_of_writes() {
         }
         let elapsed = start.elapsed();
         assert!(
-            elapsed < Duration::from_millis(10 * LINGER_MS / 2),
-            "10 writes with replicas=1 took {elapsed:?}: their acknowledgements waited out the linger"
+            elapsed < Duration::from_millis(20 * LINGER_MS * 3 / 4),
+            "20 writes with replicas=1 took {elapsed:?}: their acknowledgements waited out the linger"
         );
     });
 }

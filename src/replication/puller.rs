@@ -3,8 +3,9 @@
 //! transaction, and long-polls when caught up, so a write reaches the peers
 //! in milliseconds. Under a steady stream of writes it lingers a moment
 //! after each answer (`batch_linger_ms`), so that one answer and one
-//! commit carry several writes. When the peer cannot be reached it backs off (up to a
-//! few seconds, cut short by `sync`) and resumes from the cursor.
+//! commit carry several writes. When the peer cannot be reached it backs
+//! off (up to a few seconds, cut short by `sync`) and resumes from the
+//! cursor.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -124,6 +125,7 @@ pub async fn run(repl: Arc<Replication>, peer: String) {
         if had_records && cursor >= answer.last_seq && !answer.ack_wanted && !linger.is_zero() {
             tokio::select! {
                 _ = tokio::time::sleep(linger) => {}
+                _ = pull.wake.notified() => {}
                 _ = repl.stopped() => break,
             }
         }
