@@ -212,9 +212,9 @@ pub struct ReplicationConfig {
     /// How long a feed request waits for a change before answering empty.
     #[serde(default = "default_long_poll_ms")]
     pub long_poll_ms: u64,
-    /// How long a puller waits after applying an answer with records before
-    /// it asks again, while it is caught up: the changes of that time come
-    /// in one answer (0: ask at once).
+    /// How long a puller waits after applying an answer with more than one
+    /// change before it asks again, while it is caught up: the changes of
+    /// that time come in one answer (0: ask at once).
     #[serde(default = "default_batch_linger_ms")]
     pub batch_linger_ms: u64,
     /// How long a write with `replicas=` waits before answering 504.

@@ -1255,25 +1255,71 @@ fn a_puller_lingers_to_batch_a_stream_of_writes() {
             assert!(start.elapsed() < CONVERGE, "no batch counted");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let before = batches().await;
 
-        // 40 writes one after another, then until n2 has them all.
+        // A lone write at a time: each answer carries one change, and the
+        // puller asks again at once, so each write is on n2 long before a
+        // linger would have passed (a blocking read on n2 answers the
+        // moment it applies the write).
+        tokio::time::sleep(Duration::from_millis(LINGER_MS + 50)).await;
         let start = std::time::Instant::now();
-        for i in 0..40 {
-            let key = cluster.key_mastered_by(0, &format!("stream{i}"));
-            let r = cluster.client(0).put(&key, b("s"), None).await.unwrap();
+        for i in 0..10 {
+            let key = cluster.key_mastered_by(0, &format!("lone{i}"));
+            let r = cluster.client(0).put(&key, b("l"), None).await.unwrap();
             assert!(r.status.is_success(), "{}", r.error_message());
-            expected.insert(key, b"s".to_vec());
+            let version = ripple::http::keypath::encode_query(
+                r.header("etag").unwrap().trim_matches('"'),
+            );
+            let path = format!(
+                "{}?min_version={version}&wait_ms=10000",
+                ripple::client::kv_path(&key)
+            );
+            let r = cluster
+                .client(1)
+                .request(Method::GET, &path, &[], Bytes::new())
+                .await
+                .unwrap();
+            assert_eq!(r.status, StatusCode::OK, "{}", r.error_message());
+            expected.insert(key, b"l".to_vec());
+        }
+        let elapsed = start.elapsed();
+        assert!(
+            elapsed < Duration::from_millis(10 * LINGER_MS / 2),
+            "10 lone writes took {elapsed:?} to reach n2: the puller lingered after single changes"
+        );
+
+        // A stream: 4 writers, 30 writes each, then until n2 has them all.
+        let before = batches().await;
+        let start = std::time::Instant::now();
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let keys: Vec<String> = (0..30)
+                    .map(|i| cluster.key_mastered_by(0, &format!("stream{w}-{i}")))
+                    .collect();
+                let client = cluster.client(0);
+                tokio::spawn(async move {
+                    for key in &keys {
+                        let r = client.put(key, b("s"), None).await.unwrap();
+                        assert!(r.status.is_success(), "{}", r.error_message());
+                    }
+                    keys
+                })
+            })
+            .collect();
+        for writer in writers {
+            for key in writer.await.unwrap() {
+                expected.insert(key, b"s".to_vec());
+            }
         }
         cluster.converge_to(&expected, CONVERGE).await;
         let elapsed = start.elapsed();
         let applied = batches().await - before;
-        // One answer with records at most per linger, plus the one that
+        // One answer of more than one change at most per linger, each
+        // followed by at most one of a single change, plus the one that
         // ended a linger begun before the stream.
-        let bound = elapsed.as_millis() as u64 / LINGER_MS + 2;
+        let bound = 2 * (elapsed.as_millis() as u64 / LINGER_MS + 2);
         assert!(
             (1..=bound).contains(&applied),
-            "40 writes over {elapsed:?} came in {applied} answers; at most {bound} expected"
+            "120 writes over {elapsed:?} came in {applied} answers; at most {bound} expected"
         );
 
         // replicas=1, through the master and forwarded to it: the peer asks

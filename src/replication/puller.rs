@@ -1,9 +1,9 @@
 //! The puller: one task per peer that follows the peer's feed from this
 //! node's durable cursor, applies each batch with the new cursor in one
 //! transaction, and long-polls when caught up, so a write reaches the peers
-//! in milliseconds. Under a steady stream of writes it lingers a moment
-//! after each answer (`batch_linger_ms`), so that one answer and one
-//! commit carry several writes. When the peer cannot be reached it backs
+//! in milliseconds. Under a stream of writes (an answer with more than one
+//! change) it lingers a moment after the answer (`batch_linger_ms`), so
+//! that one answer and one commit carry several writes. When the peer cannot be reached it backs
 //! off (up to a few seconds, cut short by `sync`) and resumes from the
 //! cursor.
 
@@ -91,6 +91,9 @@ pub async fn run(repl: Arc<Replication>, peer: String) {
             continue;
         }
         let had_records = !answer.entries.is_empty();
+        // More than one change since the last request: writes come faster
+        // than this puller fetches them one by one.
+        let streaming = answer.entries.len() > 1;
         if answer.upto > cursor || had_records {
             let records = answer.entries.into_iter().map(|e| e.record).collect();
             let name = cursor_name(&peer, feed_id);
@@ -121,8 +124,9 @@ pub async fn run(repl: Arc<Replication>, peer: String) {
         // Caught up under a stream of writes: let the next ones gather
         // rather than fetch and commit each one or two on their own;
         // unless a write on the peer waits for this batch's acknowledgement,
-        // which the next request carries.
-        if had_records && cursor >= answer.last_seq && !answer.ack_wanted && !linger.is_zero() {
+        // which the next request carries. A lone change does not linger:
+        // at low rates the long poll alone sends each write at once.
+        if streaming && cursor >= answer.last_seq && !answer.ack_wanted && !linger.is_zero() {
             tokio::select! {
                 _ = tokio::time::sleep(linger) => {}
                 _ = pull.wake.notified() => {}
