@@ -3,9 +3,9 @@
 //! transaction, and long-polls when caught up, so a write reaches the peers
 //! in milliseconds. Under a stream of writes (an answer with more than one
 //! change) it lingers a moment after the answer (`batch_linger_ms`), so
-//! that one answer and one commit carry several writes. When the peer cannot be reached it backs
-//! off (up to a few seconds, cut short by `sync`) and resumes from the
-//! cursor.
+//! that one answer and one commit carry several writes. When the peer
+//! cannot be reached it backs off (up to a few seconds, cut short by
+//! `sync`) and resumes from the cursor.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
