@@ -737,15 +737,8 @@ fn status_and_sync_through_the_cli(setup: Setup) {
     assert!(String::from_utf8_lossy(&sync.stdout).contains("n1: cursor"));
     runtime.block_on(async {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let s = status(&cluster, 2).await;
-        let n1 = s["members"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["id"] == "n1")
-            .unwrap()
-            .clone();
-        assert_eq!(n1["reachable"], false, "{s}");
+        let n1 = member(&cluster, 2, 0).await;
+        assert_eq!(n1["reachable"], false, "{n1}");
     });
 }
 
@@ -1229,10 +1222,11 @@ async fn member(cluster: &Cluster, i: usize, of: usize) -> serde_json::Value {
         .clone()
 }
 
-/// `batch_linger_ms`: a caught-up puller waits that long after each answer
-/// with records, so a stream of writes reaches it in a few answers instead
-/// of one each; a write with `replicas=` still gets its acknowledgement
-/// without waiting out the linger each time.
+/// `batch_linger_ms`: a caught-up puller waits that long after an answer
+/// of more than one change, so a stream of writes reaches it in a few
+/// answers instead of one each; a lone write is fetched at once, and a
+/// write with `replicas=` gets its acknowledgement without waiting out the
+/// linger each time.
 #[test]
 fn a_puller_lingers_to_batch_a_stream_of_writes() {
     // The longest linger allowed.
