@@ -5,10 +5,13 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let cli = ripple::cli::Cli::parse();
-    if let Err(e) = ripple::cli::run(cli).await {
+    let result = cli
+        .runtime()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(ripple::cli::run(cli)));
+    if let Err(e) = result {
         eprintln!("ripple: error: {e:#}");
         std::process::exit(1);
     }

@@ -121,6 +121,7 @@ fn put_workload_writes_the_keys_and_reports_json() {
     assert_eq!(u(&r["ok"]), u(&r["requests"]), "{r}");
     assert_eq!(u(&r["ops"]["put"]["requests"]), u(&r["requests"]));
     assert_eq!(r["connections"], 4);
+    assert_eq!(r["threads"], 1, "one client thread unless asked");
     assert_eq!(r["seed"], 7);
     assert_eq!(r["duration_s"], 1.0);
     assert!(f(&r["elapsed_s"]) >= 1.0 && f(&r["elapsed_s"]) < 3.0, "{r}");
@@ -299,8 +300,11 @@ fn several_urls_spread_the_load_and_measure_replication_lag() {
         "1000",
         "-c",
         "6",
+        "--threads",
+        "2",
     ]);
     assert_eq!(r["workload"], "mixed");
+    assert_eq!(r["threads"], 2);
     assert!(u(&r["ops"]["put"]["ok"]) > 0, "{r}");
     assert_eq!(u(&r["errors"]), 0, "{r}");
     assert_eq!(r["urls"].as_array().unwrap().len(), 3);
@@ -359,6 +363,8 @@ fn bad_input_exits_non_zero_with_a_message() {
         (&["--url", "https://127.0.0.1:1"], "http://"),
         (&["--url", ","], "no URL"),
         (&["--connections", "0"], "connections"),
+        (&["--threads", "0"], "threads"),
+        (&["--threads", "many"], "threads"),
         (&["--read-ratio", "1.5"], "ratio"),
         (&["--read-ratio", "-0.1"], "ratio"),
         (&["--duration", "10x"], "not a duration"),

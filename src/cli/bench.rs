@@ -119,11 +119,17 @@ pub struct BenchArgs {
     /// Seed of the key and value choices [default: from the clock].
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Client threads. One (as redis-benchmark's default) is the cheapest
+    /// client when it shares the machine with the nodes it measures; give
+    /// more when it has cores of its own and one thread cannot keep up.
+    #[arg(long, default_value = "1", value_parser = parse_threads)]
+    pub threads: usize,
 }
 
 /// Largest value a run may write.
 const MAX_VALUE_SIZE: usize = 1 << 30;
 const MAX_CONNECTIONS: usize = 10_000;
+const MAX_THREADS: usize = 256;
 const DEFAULT_DURATION: Duration = Duration::from_secs(10);
 /// A spare tail on the value buffer, so values start at random offsets.
 const VALUE_SPREAD: usize = 4096;
@@ -184,6 +190,28 @@ fn parse_connections(text: &str) -> Result<usize, String> {
         .ok_or_else(|| {
             format!("{text:?} is not a number of connections from 1 to {MAX_CONNECTIONS}")
         })
+}
+
+fn parse_threads(text: &str) -> Result<usize, String> {
+    text.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (1..=MAX_THREADS).contains(n))
+        .ok_or_else(|| format!("{text:?} is not a number of threads from 1 to {MAX_THREADS}"))
+}
+
+/// The runtime a run uses: one thread runs every connection on the calling
+/// thread (no hand-offs between threads, no wake-ups of idle ones), more
+/// spread them over a pool.
+pub fn runtime(args: &BenchArgs) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if args.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(args.threads);
+        b
+    };
+    builder.enable_all().build()
 }
 
 fn parse_value_size(text: &str) -> Result<usize, String> {
@@ -592,6 +620,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         read_ratio: args.read_ratio,
         urls: nodes.iter().map(|n| n.url.clone()).collect(),
         connections: args.connections,
+        threads: args.threads,
         keys: args.keys,
         key_prefix: args.key_prefix,
         value_size: args.value_size,

@@ -123,6 +123,19 @@ pub fn client(
     crate::client::Client::with_options(urls, token, tls.as_ref())
 }
 
+impl Cli {
+    /// The runtime the command runs on: `bench` picks its own (see
+    /// `--threads`), every other command a thread per core.
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        match &self.command {
+            Command::Bench(args) => bench::runtime(args),
+            _ => tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build(),
+        }
+    }
+}
+
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {

@@ -23,6 +23,7 @@ pub struct Report {
     pub read_ratio: f64,
     pub urls: Vec<String>,
     pub connections: usize,
+    pub threads: usize,
     pub keys: u64,
     pub key_prefix: String,
     pub value_size: usize,
@@ -162,6 +163,7 @@ impl Report {
             "read_ratio": (self.workload == Workload::Mixed).then_some(self.read_ratio),
             "urls": self.urls,
             "connections": self.connections,
+            "threads": self.threads,
             "keys": self.keys,
             "key_prefix": self.key_prefix,
             "value_size": self.value_size,
@@ -222,7 +224,12 @@ impl Report {
             row(["workload", &what]),
             row([
                 "target",
-                &format!("{nodes}, {} connections", self.connections),
+                &format!(
+                    "{nodes}, {} connections, {} client thread{}",
+                    self.connections,
+                    self.threads,
+                    if self.threads == 1 { "" } else { "s" }
+                ),
             ]),
             row([
                 "keys",
