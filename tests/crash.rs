@@ -241,3 +241,64 @@ fn the_write_ahead_log_brings_back_what_redb_lost() {
         }
     });
 }
+
+/// A fresh node taking large writes grows its log's first segment; a
+/// spare is made ahead off the writer's thread, and the log moves to it.
+/// Writes acknowledged on both sides of the move survive a SIGKILL.
+#[test]
+fn writes_across_a_spare_made_ahead_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ripple.toml");
+    // No fold during the test: every write is in the log only.
+    std::fs::write(&config, "[storage]\napply_interval_ms = 600000\n").unwrap();
+    let data = dir.path().join("data");
+    let mut node = Node::start_with(&data, &["--config", config.to_str().unwrap()]);
+    let runtime = rt();
+    let value = |i: usize| Bytes::from(format!("{i:06}").repeat(8 << 10));
+    let second = data.join("ripple.wal.00000002");
+    let written = runtime.block_on(async {
+        let c = node.client();
+        let mut i = 0;
+        // 48 KiB values: past 4 MiB of growth the spare is made; the log
+        // moves to it once it is ready.
+        let start = std::time::Instant::now();
+        while !second.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the log never moved to a spare"
+            );
+            let r = c.put(&format!("big{i}"), value(i), None).await.unwrap();
+            assert_eq!(r.status, StatusCode::CREATED);
+            i += 1;
+        }
+        for _ in 0..20 {
+            let r = c.put(&format!("big{i}"), value(i), None).await.unwrap();
+            assert_eq!(r.status, StatusCode::CREATED);
+            i += 1;
+        }
+        i
+    });
+    // The segment written now is the spare, made at its full size.
+    let first = std::fs::metadata(data.join("ripple.wal.00000001"))
+        .unwrap()
+        .len();
+    let size = std::fs::metadata(&second).unwrap().len();
+    assert!(
+        size >= 64 << 20,
+        "segment 2 is {size} bytes: not a spare made ahead"
+    );
+    assert!(
+        first < 32 << 20,
+        "segment 1 grew to {first} bytes before the move"
+    );
+    node.kill9();
+    node.restart();
+    runtime.block_on(async {
+        let c = node.client();
+        for i in 0..written {
+            let r = c.get(&format!("big{i}")).await.unwrap();
+            assert_eq!(r.status, StatusCode::OK, "big{i}");
+            assert!(r.body == value(i), "big{i} came back changed");
+        }
+    });
+}

@@ -24,7 +24,10 @@
 //! Segments are files `ripple.wal.NNNNNNNN` in the data dir, numbered in
 //! the order they were written. A segment no longer needed becomes a spare
 //! (`ripple.wal-spare.*`) that a later segment writes over, which makes
-//! its fdatasyncs cheaper (no file growth to record).
+//! its fdatasyncs cheaper (no file growth to record). A log that grows its
+//! file (a new node taking writes fast, or more than its spares hold) gets
+//! a spare made ahead, filled with zeros off the writer's thread, and moves
+//! to it once it is ready (see `Wal::rotate_when_due`).
 //!
 //! File layout: frames, each `len:u32 | crc32:u32 | payload`, the CRC
 //! taken over the segment's number and the payload, where payload
@@ -38,6 +41,7 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -221,6 +225,14 @@ pub struct Wal {
     /// tail may hold a partial frame, after which nothing may be appended
     /// (replay would stop there). Writes fail until a restart.
     broken: Option<String>,
+    /// The thread making a spare ahead, if one was started.
+    maker: Option<Maker>,
+}
+
+/// A thread filling a spare with zeros (see `make_spare`).
+struct Maker {
+    thread: std::thread::JoinHandle<()>,
+    stop: Arc<AtomicBool>,
 }
 
 /// The sealed segments and the spares, shared by the writer (which seals
@@ -231,6 +243,8 @@ struct Shelf {
     /// sealed: it can go once the applier has that many in redb.
     sealed: VecDeque<(PathBuf, u64)>,
     spares: Vec<PathBuf>,
+    /// A spare made ahead (`make_spare`), taken before the others.
+    made: Option<PathBuf>,
 }
 
 fn lock(shelf: &Mutex<Shelf>) -> MutexGuard<'_, Shelf> {
@@ -285,6 +299,45 @@ impl Retirer {
 const SPARES: usize = 2;
 /// A spare's file name starts with this.
 const SPARE_PREFIX: &str = "ripple.wal-spare.";
+/// A spare being made; what a stopped node left under this name is removed.
+const MAKING_NAME: &str = "ripple.wal-making";
+/// A segment that has grown its file by this much gets a spare made ahead:
+/// a node that writes less never fills one.
+const GROWTH_BEFORE_MAKING: u64 = 4 << 20;
+/// A spare is made in steps of this many bytes, each synced before the
+/// next, so that the disk's queue never holds more than one step of it
+/// ahead of a log sync.
+const MAKING_STEP: usize = 256 << 10;
+
+/// Fills a new file of `size` bytes with zeros, syncs it, and names it a
+/// spare: blocks that a later segment writes over without growing the file.
+/// Gives up (removing the file) once `stop` is set.
+fn make_spare(dir: &Path, size: u64, stop: &AtomicBool) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::FileExt;
+    let making = dir.join(MAKING_NAME);
+    let file = File::create(&making)?;
+    let zeros = vec![0u8; MAKING_STEP];
+    let mut at = 0;
+    while at < size {
+        if stop.load(Ordering::SeqCst) {
+            drop(file);
+            let _ = std::fs::remove_file(&making);
+            return Err(std::io::ErrorKind::Interrupted.into());
+        }
+        let n = (size - at).min(MAKING_STEP as u64) as usize;
+        file.write_all_at(&zeros[..n], at)?;
+        file.sync_data()?;
+        at += n as u64;
+    }
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let spare = dir.join(format!("{SPARE_PREFIX}made-{stamp}"));
+    std::fs::rename(&making, &spare)?;
+    File::open(dir)?.sync_all()?;
+    Ok(spare)
+}
 
 fn io(path: &Path, what: &str, e: std::io::Error) -> StorageError {
     StorageError::Unavailable(format!("write-ahead log {}: {what}: {e}", path.display()))
@@ -342,6 +395,10 @@ impl Wal {
     /// Appends go to a new segment; call `reset` once the frames are in
     /// redb, so they are not replayed again.
     pub fn open(dir: &Path) -> Result<(Wal, Vec<Frame>)> {
+        let making = dir.join(MAKING_NAME);
+        if making.exists() {
+            std::fs::remove_file(&making).map_err(|e| io(&making, "cannot remove", e))?;
+        }
         let (found, spares) = files(dir)?;
         let mut frames = Vec::new();
         let mut damaged = false;
@@ -385,8 +442,10 @@ impl Wal {
             shelf: Arc::new(Mutex::new(Shelf {
                 sealed: found.into_iter().map(|(_, p)| (p, u64::MAX)).collect(),
                 spares,
+                made: None,
             })),
             broken: None,
+            maker: None,
         };
         wal.start_segment()?;
         Ok((wal, frames))
@@ -397,7 +456,10 @@ impl Wal {
     fn start_segment(&mut self) -> Result<()> {
         let number = self.number + 1;
         let path = segment_path(&self.dir, number);
-        let spare = lock(&self.shelf).spares.pop();
+        let spare = {
+            let mut shelf = lock(&self.shelf);
+            shelf.made.take().or_else(|| shelf.spares.pop())
+        };
         let file = match spare {
             Some(spare) => {
                 std::fs::rename(&spare, &path).map_err(|e| io(&spare, "cannot reuse", e))?;
@@ -493,12 +555,47 @@ impl Wal {
     }
 
     /// Seals the current segment and starts a new one once it is `max_age`
-    /// old or `max_len` long, so that it can be retired in its turn.
+    /// old or `max_len` long, so that it can be retired in its turn; or,
+    /// when the segment has grown its file by `GROWTH_BEFORE_MAKING`, once
+    /// a spare of `max_len` bytes made ahead for it is ready.
     pub fn rotate_when_due(&mut self, max_age: Duration, max_len: u64) {
-        if self.len > 0 && (self.started.elapsed() >= max_age || self.len >= max_len) {
+        let growing = self.len > self.size.saturating_add(GROWTH_BEFORE_MAKING);
+        if growing {
+            self.make_spare_ahead(max_len);
+        }
+        let made = growing && lock(&self.shelf).made.is_some();
+        if self.len > 0 && (self.started.elapsed() >= max_age || self.len >= max_len || made) {
             // Appending to the current one is still right.
             if let Err(e) = self.rotate() {
                 tracing::error!(error = %e, "cannot start a new write-ahead log segment");
+            }
+        }
+    }
+
+    /// Starts a thread making a spare of `size` bytes, unless one is being
+    /// made or is ready.
+    fn make_spare_ahead(&mut self, size: u64) {
+        if self.maker.as_ref().is_some_and(|m| !m.thread.is_finished())
+            || lock(&self.shelf).made.is_some()
+        {
+            return;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let (dir, shelf, flag) = (self.dir.clone(), self.shelf.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("ripple-wal-spare".into())
+            .spawn(move || match make_spare(&dir, size, &flag) {
+                Ok(spare) => lock(&shelf).made = Some(spare),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = std::fs::remove_file(dir.join(MAKING_NAME));
+                    tracing::warn!(error = %e, "cannot make a spare write-ahead log segment");
+                }
+            });
+        match thread {
+            Ok(thread) => self.maker = Some(Maker { thread, stop }),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start a thread to make a spare log segment")
             }
         }
     }
@@ -516,6 +613,17 @@ impl Wal {
     /// Whether the log holds nothing at all.
     pub fn is_empty(&self) -> bool {
         self.len == 0 && lock(&self.shelf).sealed.is_empty()
+    }
+}
+
+impl Drop for Wal {
+    /// Stops a spare being made, so that nothing writes in the data dir
+    /// once the log is gone.
+    fn drop(&mut self) {
+        if let Some(maker) = self.maker.take() {
+            maker.stop.store(true, Ordering::SeqCst);
+            let _ = maker.thread.join();
+        }
     }
 }
 
@@ -722,6 +830,62 @@ mod tests {
         drop(f);
         let (_, frames) = Wal::open(dir.path()).unwrap();
         assert_eq!(seqs(&frames), [31]);
+    }
+
+    #[test]
+    fn a_growing_log_moves_to_a_spare_made_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        // What a node stopped while making a spare left behind goes.
+        std::fs::write(dir.path().join(MAKING_NAME), b"half made").unwrap();
+        let (mut wal, _) = Wal::open(dir.path()).unwrap();
+        assert!(!dir.path().join(MAKING_NAME).exists());
+        let (long, max_len) = (Duration::from_secs(3600), 16 << 20);
+        let value = vec![b'v'; 64 << 10];
+        let mut seq = 0;
+        let mut append = |wal: &mut Wal| {
+            seq += 1;
+            wal.append(builder(&[entry(seq, "k", &value, false)], &[]))
+                .unwrap();
+            wal.rotate_when_due(long, max_len);
+        };
+        // Under the growth that calls for a spare: none is made.
+        while wal.len + (64 << 10) < GROWTH_BEFORE_MAKING {
+            append(&mut wal);
+        }
+        assert!(wal.maker.is_none());
+        // Past it, the writer goes on appending to the growing segment
+        // while the spare is made, then moves to it.
+        let started = Instant::now();
+        while wal.number == 1 {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no spare was made"
+            );
+            append(&mut wal);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(wal.maker.is_some());
+        // It moved as soon as the spare was ready, long before segment 1
+        // was full.
+        let first = std::fs::metadata(segment_path(dir.path(), 1))
+            .unwrap()
+            .len();
+        assert!(first < 12 << 20, "segment 1 grew to {first} bytes");
+        // Segment 2 writes over the spare's zeroed blocks: its file does
+        // not grow.
+        let second = segment_path(dir.path(), 2);
+        assert_eq!(std::fs::metadata(&second).unwrap().len(), max_len);
+        for _ in 0..20 {
+            append(&mut wal);
+        }
+        assert_eq!(wal.number, 2);
+        assert_eq!(std::fs::metadata(&second).unwrap().len(), max_len);
+        let appended = seq;
+        drop(wal);
+        // Every frame comes back, in order, across the move; the zeros
+        // after the last one end the log.
+        let (_, frames) = Wal::open(dir.path()).unwrap();
+        assert_eq!(seqs(&frames), (1..=appended).collect::<Vec<_>>());
     }
 
     proptest! {
