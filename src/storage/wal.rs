@@ -309,6 +309,17 @@ const GROWTH_BEFORE_MAKING: u64 = 4 << 20;
 /// ahead of a log sync.
 const MAKING_STEP: usize = 256 << 10;
 
+/// The size of a spare made for a segment that wrote `len` bytes in
+/// `elapsed`: what it would write in `max_age` at that rate, and half
+/// again, from twice `GROWTH_BEFORE_MAKING` to `max_len`.
+fn spare_size(len: u64, elapsed: Duration, max_age: Duration, max_len: u64) -> u64 {
+    let rate = len as f64 / elapsed.as_secs_f64().max(0.001);
+    let needed = rate * max_age.as_secs_f64() * 1.5;
+    (needed.min(max_len as f64) as u64)
+        .max(2 * GROWTH_BEFORE_MAKING)
+        .min(max_len)
+}
+
 /// Fills a new file of `size` bytes with zeros, syncs it, and names it a
 /// spare: blocks that a later segment writes over without growing the file.
 /// Gives up (removing the file) once `stop` is set.
@@ -557,11 +568,18 @@ impl Wal {
     /// Seals the current segment and starts a new one once it is `max_age`
     /// old or `max_len` long, so that it can be retired in its turn; or,
     /// when the segment has grown its file by `GROWTH_BEFORE_MAKING`, once
-    /// a spare of `max_len` bytes made ahead for it is ready.
+    /// a spare made ahead for it is ready: as large as a segment grows in
+    /// `max_age` at the rate this one did, and half again, at most
+    /// `max_len`.
     pub fn rotate_when_due(&mut self, max_age: Duration, max_len: u64) {
         let growing = self.len > self.size.saturating_add(GROWTH_BEFORE_MAKING);
         if growing {
-            self.make_spare_ahead(max_len);
+            self.make_spare_ahead(spare_size(
+                self.len,
+                self.started.elapsed(),
+                max_age,
+                max_len,
+            ));
         }
         let made = growing && lock(&self.shelf).made.is_some();
         if self.len > 0 && (self.started.elapsed() >= max_age || self.len >= max_len || made) {
@@ -830,6 +848,21 @@ mod tests {
         drop(f);
         let (_, frames) = Wal::open(dir.path()).unwrap();
         assert_eq!(seqs(&frames), [31]);
+    }
+
+    #[test]
+    fn a_spare_is_sized_to_the_rate_the_log_grows() {
+        let (s, mib) = (Duration::from_secs(1), 1 << 20);
+        // 2 MiB/s for a 5 s segment: 15 MiB.
+        assert_eq!(spare_size(8 * mib, 4 * s, 5 * s, 64 * mib), 15 * mib);
+        // Slow: at least 8 MiB.
+        assert_eq!(spare_size(5 * mib, 5 * s, 5 * s, 64 * mib), 8 * mib);
+        // Fast: at most the segment's length limit.
+        assert_eq!(spare_size(60 * mib, s, 5 * s, 64 * mib), 64 * mib);
+        assert_eq!(
+            spare_size(5 * mib, Duration::ZERO, 5 * s, 64 * mib),
+            64 * mib
+        );
     }
 
     #[test]
