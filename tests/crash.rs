@@ -126,6 +126,16 @@ async fn write_until_failure(
     }
 }
 
+/// A node in `dir` whose applier waits ten minutes between folds, so that
+/// what a test writes stays in the write-ahead log only; and its data dir.
+fn start_without_folds(dir: &std::path::Path) -> (Node, std::path::PathBuf) {
+    let config = dir.join("ripple.toml");
+    std::fs::write(&config, "[storage]\napply_interval_ms = 600000\n").unwrap();
+    let data = dir.join("data");
+    let node = Node::start_with(&data, &["--config", config.to_str().unwrap()]);
+    (node, data)
+}
+
 fn verify(runtime: &tokio::runtime::Runtime, client: &Client, acked: &Acked) {
     runtime.block_on(async {
         assert!(!acked.fresh.is_empty());
@@ -170,10 +180,7 @@ fn verify(runtime: &tokio::runtime::Runtime, client: &Client, acked: &Acked) {
 #[test]
 fn the_write_ahead_log_brings_back_what_redb_lost() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("ripple.toml");
-    std::fs::write(&config, "[storage]\napply_interval_ms = 600000\n").unwrap();
-    let data = dir.path().join("data");
-    let mut node = Node::start_with(&data, &["--config", config.to_str().unwrap()]);
+    let (mut node, data) = start_without_folds(dir.path());
     let runtime = rt();
     // The whole feed, as a peer would read it: the feed id first.
     let feed = |node: &Node| {
@@ -248,11 +255,8 @@ fn the_write_ahead_log_brings_back_what_redb_lost() {
 #[test]
 fn writes_across_a_spare_made_ahead_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("ripple.toml");
     // No fold during the test: every write is in the log only.
-    std::fs::write(&config, "[storage]\napply_interval_ms = 600000\n").unwrap();
-    let data = dir.path().join("data");
-    let mut node = Node::start_with(&data, &["--config", config.to_str().unwrap()]);
+    let (mut node, data) = start_without_folds(dir.path());
     let runtime = rt();
     let value = |i: usize| Bytes::from(format!("{i:06}").repeat(8 << 10));
     let second = data.join("ripple.wal.00000002");
