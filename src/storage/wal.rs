@@ -227,6 +227,10 @@ pub struct Wal {
     broken: Option<String>,
     /// The thread making a spare ahead, if one was started.
     maker: Option<Maker>,
+    /// The segment for which a spare was last asked for: one try per
+    /// segment, so that a disk that refuses (full, say) is not asked again
+    /// after every group.
+    spare_asked_for: u64,
 }
 
 /// A thread filling a spare with zeros (see `make_spare`).
@@ -457,6 +461,7 @@ impl Wal {
             })),
             broken: None,
             maker: None,
+            spare_asked_for: 0,
         };
         wal.start_segment()?;
         Ok((wal, frames))
@@ -591,13 +596,15 @@ impl Wal {
     }
 
     /// Starts a thread making a spare of `size` bytes, unless one is being
-    /// made or is ready.
+    /// made or is ready, or this segment already asked for one.
     fn make_spare_ahead(&mut self, size: u64) {
-        if self.maker.as_ref().is_some_and(|m| !m.thread.is_finished())
+        if self.spare_asked_for == self.number
+            || self.maker.as_ref().is_some_and(|m| !m.thread.is_finished())
             || lock(&self.shelf).made.is_some()
         {
             return;
         }
+        self.spare_asked_for = self.number;
         let stop = Arc::new(AtomicBool::new(false));
         let (dir, shelf, flag) = (self.dir.clone(), self.shelf.clone(), stop.clone());
         let thread = std::thread::Builder::new()
@@ -863,6 +870,34 @@ mod tests {
             spare_size(5 * mib, Duration::ZERO, 5 * s, 64 * mib),
             64 * mib
         );
+    }
+
+    #[test]
+    fn a_spare_that_cannot_be_made_is_asked_for_once_per_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(dir.path()).unwrap();
+        // The spare's file cannot be created: a directory holds its name.
+        std::fs::create_dir(dir.path().join(MAKING_NAME)).unwrap();
+        let value = vec![b'v'; 64 << 10];
+        let long = Duration::from_secs(3600);
+        let mut first_maker = None;
+        for seq in 1..=120 {
+            wal.append(builder(&[entry(seq, "k", &value, false)], &[]))
+                .unwrap();
+            wal.rotate_when_due(long, 64 << 20);
+            if let Some(m) = &wal.maker {
+                let id = m.thread.thread().id();
+                assert_eq!(*first_maker.get_or_insert(id), id, "asked again at {seq}");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        assert!(first_maker.is_some(), "no spare was asked for");
+        // The log goes on in its growing segment, whole.
+        assert_eq!(wal.number, 1);
+        drop(wal);
+        std::fs::remove_dir(dir.path().join(MAKING_NAME)).unwrap();
+        let (_, frames) = Wal::open(dir.path()).unwrap();
+        assert_eq!(seqs(&frames), (1..=120).collect::<Vec<_>>());
     }
 
     #[test]
