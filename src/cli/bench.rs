@@ -183,21 +183,20 @@ fn parse_positive(text: &str) -> Result<u64, String> {
 }
 
 fn parse_connections(text: &str) -> Result<usize, String> {
-    text.trim()
-        .parse::<usize>()
-        .ok()
-        .filter(|n| (1..=MAX_CONNECTIONS).contains(n))
-        .ok_or_else(|| {
-            format!("{text:?} is not a number of connections from 1 to {MAX_CONNECTIONS}")
-        })
+    parse_count(text, MAX_CONNECTIONS, "connections")
 }
 
 fn parse_threads(text: &str) -> Result<usize, String> {
+    parse_count(text, MAX_THREADS, "threads")
+}
+
+/// A whole number of `what` from 1 to `max`.
+fn parse_count(text: &str, max: usize, what: &str) -> Result<usize, String> {
     text.trim()
         .parse::<usize>()
         .ok()
-        .filter(|n| (1..=MAX_THREADS).contains(n))
-        .ok_or_else(|| format!("{text:?} is not a number of threads from 1 to {MAX_THREADS}"))
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| format!("{text:?} is not a number of {what} from 1 to {max}"))
 }
 
 /// The runtime a run uses: one thread runs every connection on the calling

@@ -579,12 +579,7 @@ impl Wal {
     pub fn rotate_when_due(&mut self, max_age: Duration, max_len: u64) {
         let growing = self.len > self.size.saturating_add(GROWTH_BEFORE_MAKING);
         if growing {
-            self.make_spare_ahead(spare_size(
-                self.len,
-                self.started.elapsed(),
-                max_age,
-                max_len,
-            ));
+            self.make_spare_ahead(max_age, max_len);
         }
         let made = growing && lock(&self.shelf).made.is_some();
         if self.len > 0 && (self.started.elapsed() >= max_age || self.len >= max_len || made) {
@@ -595,9 +590,9 @@ impl Wal {
         }
     }
 
-    /// Starts a thread making a spare of `size` bytes, unless one is being
-    /// made or is ready, or this segment already asked for one.
-    fn make_spare_ahead(&mut self, size: u64) {
+    /// Starts a thread making a spare (see `spare_size`), unless one is
+    /// being made or is ready, or this segment already asked for one.
+    fn make_spare_ahead(&mut self, max_age: Duration, max_len: u64) {
         if self.spare_asked_for == self.number
             || self.maker.as_ref().is_some_and(|m| !m.thread.is_finished())
             || lock(&self.shelf).made.is_some()
@@ -605,6 +600,7 @@ impl Wal {
             return;
         }
         self.spare_asked_for = self.number;
+        let size = spare_size(self.len, self.started.elapsed(), max_age, max_len);
         let stop = Arc::new(AtomicBool::new(false));
         let (dir, shelf, flag) = (self.dir.clone(), self.shelf.clone(), stop.clone());
         let thread = std::thread::Builder::new()
