@@ -272,6 +272,66 @@ impl Embedded {
     }
 }
 
+/// A feed read's entries, and whether the memtable's part was cut to its
+/// first records (see `Embedded::changes_since`).
+struct FeedRead {
+    entries: Vec<Entry>,
+    window_cut: bool,
+}
+
+impl Embedded {
+    /// The feed after `after`, at most `limit` entries: the memtable's
+    /// first `window` records, then redb's rows up to `limit` of those the
+    /// memtable does not hide (see `memtable::merge_feed`). Only what the
+    /// answer can hold is read, from either: a puller far behind a node
+    /// whose memtable holds tens of thousands of records costs each
+    /// request `limit` redb lookups, not one per record in the memtable.
+    fn read_feed(&self, after: u64, limit: usize, window: usize) -> Result<FeedRead> {
+        let (mem, mem_complete) = self.shared.mem.since(after, window);
+        let window_cut = !mem_complete;
+        if self.shared.applied_seq.load(Ordering::SeqCst) <= after {
+            // redb holds nothing after `after`: had the applier released
+            // any of it before the read above, this would be newer.
+            let entries = memtable::merge_feed(mem, mem_complete, Vec::new(), true, limit);
+            return Ok(FeedRead {
+                entries,
+                window_cut,
+            });
+        }
+        let txn = self.db.begin_read().map_err(other)?;
+        let feed = txn.open_table(FEED).map_err(other)?;
+        let records = txn.open_table(RECORDS).map_err(other)?;
+        let mut disk = Vec::new();
+        let mut complete = true;
+        for item in feed
+            .range((Bound::Excluded(after), Bound::Unbounded))
+            .map_err(other)?
+        {
+            if disk.len() >= limit {
+                complete = false;
+                break;
+            }
+            let (seq, key) = item.map_err(other)?;
+            let (seq, key) = (seq.value(), key.value());
+            // The memtable's newer record of the key hides this row: the
+            // key comes at that record's seq. (Released since the memtable
+            // was read, it is in redb at its own seq, past this one.)
+            if self.shared.mem.seq_of(key).is_some_and(|s| s >= seq) {
+                continue;
+            }
+            let bytes = records.get(key).map_err(other)?.ok_or_else(|| {
+                StorageError::Corrupt(format!("feed seq {seq} names missing key {key:?}"))
+            })?;
+            disk.push(codec::decode(key, bytes.value())?);
+        }
+        let entries = memtable::merge_feed(mem, mem_complete, disk, complete, limit);
+        Ok(FeedRead {
+            entries,
+            window_cut,
+        })
+    }
+}
+
 /// A number kept under `name` in `table` (`meta` or `cursors`) in redb; 0
 /// when unset.
 fn read_u64(db: &Database, table: TableDefinition<&str, u64>, name: &str) -> Result<u64> {
@@ -964,39 +1024,15 @@ impl Storage for Embedded {
     }
 
     async fn changes_since(&self, after: u64, limit: usize) -> Result<Vec<Entry>> {
-        // The memtable first, then redb (see `memtable::merge_feed`).
-        let mem = self.shared.mem.since(after);
-        if self.shared.applied_seq.load(Ordering::SeqCst) <= after {
-            // redb holds nothing after `after`: had the applier released
-            // any of it before the read above, this would be newer.
-            return Ok(memtable::merge_feed(mem, Vec::new(), true, limit));
+        let merged = self.read_feed(after, limit, limit)?;
+        if merged.entries.len() < limit && merged.window_cut {
+            // The applier released records between the two reads, and
+            // redb's newer rows of their keys left the answer short within
+            // the memtable's first records: read again, the whole memtable
+            // this time, so that a short answer still means "nothing more".
+            return Ok(self.read_feed(after, limit, usize::MAX)?.entries);
         }
-        let txn = self.db.begin_read().map_err(other)?;
-        let feed = txn.open_table(FEED).map_err(other)?;
-        let records = txn.open_table(RECORDS).map_err(other)?;
-        // A memtable record can hide one row of redb's.
-        let wanted = limit.saturating_add(mem.len());
-        let mut disk = Vec::new();
-        let mut complete = true;
-        for item in feed
-            .range((Bound::Excluded(after), Bound::Unbounded))
-            .map_err(other)?
-        {
-            if disk.len() >= wanted {
-                complete = false;
-                break;
-            }
-            let (seq, key) = item.map_err(other)?;
-            let key = key.value();
-            let bytes = records.get(key).map_err(other)?.ok_or_else(|| {
-                StorageError::Corrupt(format!(
-                    "feed seq {} names missing key {key:?}",
-                    seq.value()
-                ))
-            })?;
-            disk.push(codec::decode(key, bytes.value())?);
-        }
-        Ok(memtable::merge_feed(mem, disk, complete, limit))
+        Ok(merged.entries)
     }
 
     async fn feed_id(&self) -> Result<u64> {
@@ -1048,7 +1084,7 @@ impl Storage for Embedded {
         // redb's count, corrected by each memtable record it does not have
         // yet (the memtable first, then redb).
         // Seqs start at 1: every unapplied record.
-        let mem = self.shared.mem.since(0);
+        let (mem, _) = self.shared.mem.since(0, usize::MAX);
         let txn = self.db.begin_read().map_err(other)?;
         let tombstones = txn.open_table(TOMBSTONES).map_err(other)?;
         let records = txn.open_table(RECORDS).map_err(other)?;

@@ -168,22 +168,30 @@ impl Memtable {
             .find_map(|t| t.cursors.get(peer).copied())
     }
 
-    /// Unapplied records with seq > `after`, in seq order, one per key.
-    pub fn since(&self, after: u64) -> Vec<Arc<Entry>> {
+    /// Unapplied records with seq > `after`, in seq order, one per key:
+    /// the first `limit` of them, and whether that is all (a feed read
+    /// needs no more than it answers with, however large the memtable).
+    pub fn since(&self, after: u64, limit: usize) -> (Vec<Arc<Entry>>, bool) {
         let m = self.read();
         let from = after.saturating_add(1);
-        let mut out = Vec::new();
-        if let Some(frozen) = &m.frozen {
-            out.extend(
-                frozen
-                    .feed
-                    .range(from..)
-                    .filter(|(_, e)| !m.active.records.contains_key(&e.record.key))
-                    .map(|(_, e)| e.clone()),
-            );
-        }
-        out.extend(m.active.feed.range(from..).map(|(_, e)| e.clone()));
-        out
+        // The frozen table's seqs are all below the active one's.
+        let frozen = m.frozen.iter().flat_map(|frozen| {
+            frozen
+                .feed
+                .range(from..)
+                .filter(|(_, e)| !m.active.records.contains_key(&e.record.key))
+        });
+        let mut all = frozen
+            .chain(m.active.feed.range(from..))
+            .map(|(_, e)| e.clone());
+        let out: Vec<Arc<Entry>> = all.by_ref().take(limit).collect();
+        let complete = all.next().is_none();
+        (out, complete)
+    }
+
+    /// The seq of the key's unapplied record, if the memtable holds one.
+    pub fn seq_of(&self, key: &str) -> Option<u64> {
+        self.read().record(key).map(|e| e.seq)
     }
 
     /// Unapplied keys starting with `prefix` and after `start_after`, in
@@ -252,23 +260,27 @@ impl Memtable {
 }
 
 /// The change feed after `after`, at most `limit` entries, from the
-/// memtable's records (`mem`, all of them after `after`, read first) and
-/// redb's (`disk`, read after; `complete` unless cut short), each in seq
-/// order with one entry per key. Where a key is in both, the higher seq
-/// wins: the applier may have written redb and released the memtable
-/// between the two reads, never the other way round. When `disk` was cut
-/// short, nothing past its last seq is returned: redb may hold more below
-/// the memtable's next one, and a feed must not skip any.
+/// memtable's records (`mem`, read first: its first records after `after`,
+/// all of them when `mem_complete`) and redb's (`disk`, read after; all
+/// of them after `after` when `disk_complete`), each in seq order with one
+/// entry per key. Where a key is in both, the higher seq wins: the applier
+/// may have written redb and released the memtable between the two reads,
+/// never the other way round. When either side was cut short, nothing past
+/// its last seq is returned: the other may hold more below its next one,
+/// and a feed must not skip any.
 pub fn merge_feed(
     mem: Vec<Arc<Entry>>,
+    mem_complete: bool,
     disk: Vec<Entry>,
-    complete: bool,
+    disk_complete: bool,
     limit: usize,
 ) -> Vec<Entry> {
-    let end = match (complete, disk.last()) {
-        (false, Some(last)) => last.seq,
+    let cut = |complete: bool, last: Option<u64>| match (complete, last) {
+        (false, Some(last)) => last,
         _ => u64::MAX,
     };
+    let end = cut(disk_complete, disk.last().map(|e| e.seq))
+        .min(cut(mem_complete, mem.last().map(|e| e.seq)));
     let disk_seq: HashMap<&str, u64> = disk
         .iter()
         .map(|e| (e.record.key.as_str(), e.seq))
@@ -450,15 +462,37 @@ mod tests {
             limit in 1usize..20,
             frozen in 0usize..60,
         ) {
-            let mem = memtable(&writes, written, applied_then, frozen).since(after);
+            let first = memtable(&writes, written, applied_then, frozen);
+            // The memtable as redb is read: the applier has released what
+            // it wrote there, and more writes may have come.
+            let live = memtable(&writes, written.max(applied_now), applied_now, frozen);
             let on_disk: Vec<Entry> = latest(&writes, applied_now)
                 .into_iter()
                 .filter(|e| e.seq > after)
                 .collect();
-            let wanted = limit + mem.len();
-            let complete = on_disk.len() <= wanted;
-            let disk: Vec<Entry> = on_disk.into_iter().take(wanted).collect();
-            let merged = merge_feed(mem, disk, complete, limit);
+            // As the engine reads: the memtable's first `window` records,
+            // then redb's rows up to `limit` the memtable does not hide;
+            // once more with the whole memtable when a cut window left the
+            // answer short.
+            let read = |window: usize| {
+                let (mem, mem_complete) = first.since(after, window);
+                let (mut disk, mut complete) = (Vec::new(), true);
+                for e in &on_disk {
+                    if disk.len() >= limit {
+                        complete = false;
+                        break;
+                    }
+                    if live.seq_of(&e.record.key).is_some_and(|s| s >= e.seq) {
+                        continue;
+                    }
+                    disk.push(e.clone());
+                }
+                (merge_feed(mem, mem_complete, disk, complete, limit), !mem_complete)
+            };
+            let (mut merged, cut) = read(limit);
+            if merged.len() < limit && cut {
+                merged = read(usize::MAX).0;
+            }
             let truth: Vec<Entry> = latest(&writes, written.max(applied_now))
                 .into_iter()
                 .filter(|e| e.seq > after)
