@@ -18,6 +18,8 @@
 # writes), 100-byte values, target/release/ripple.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/rounds.sh
+source bench/rounds.sh
 
 rounds=3
 keys=150000
@@ -69,9 +71,9 @@ start_node() {
     exit 1
 }
 
-# Prints "missed seconds records_per_s" for one run of $bin.
+# Prints "missed seconds records_per_s" for one run of $1.
 run() {
-    local dir members
+    local bin=$1 dir members
     dir=$(mktemp -d "$work/round.XXXX")
     members="{ id = \"n1\", url = \"$(url 0)\" }, { id = \"n2\", url = \"$(url 1)\" }, { id = \"n3\", url = \"$(url 2)\" }"
     for i in 0 1 2; do
@@ -107,20 +109,4 @@ EOF
     rm -rf "$dir"
 }
 
-for r in $(seq 1 "$rounds"); do
-    for bin in "$@"; do
-        read -r missed secs rate < <(run)
-        echo "round $r  $bin  n3 missed $missed writes, caught up in $secs s (its start included): $rate records/s"
-        echo "$bin $rate" >>"$work/results"
-    done
-done
-
-echo
-echo "medians over $rounds rounds:"
-python3 - "$work/results" "$@" <<'EOF'
-import statistics, sys
-rows = [line.split() for line in open(sys.argv[1])]
-for bin in sys.argv[2:]:
-    rates = [float(r[1]) for r in rows if r[0] == bin]
-    print(f"{bin}: {statistics.median(rates):,.0f} records/s")
-EOF
+alternate "$rounds" "missed writes, seconds (start included), records/s" "$@"

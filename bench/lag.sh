@@ -12,6 +12,8 @@
 # 100k keys. A 10 s run gives only 500 lag samples, whose p99 moves a lot
 # from run to run; 40 s runs are steadier.
 set -euo pipefail
+# shellcheck source=bench/rounds.sh
+source "$(dirname "$0")/rounds.sh"
 
 rounds=2
 seconds=40
@@ -77,21 +79,5 @@ print(f'{lag["median_ms"]:.2f} {lag["p99_ms"]:.2f} {put["p99"]:.2f}')
 EOF
 }
 
-for round in $(seq 1 "$rounds"); do
-    for bin in "$@"; do
-        line=$(run "$bin")
-        echo "round $round  $bin  lag median/p99 ms, PUT p99 ms: $line"
-        echo "$bin $line" >>"$work/results"
-    done
-done
-
-echo
-echo "medians over $rounds rounds ($rate writes/s, ${seconds} s runs):"
-python3 - "$work/results" "$@" <<'EOF'
-import statistics, sys
-rows = [line.split() for line in open(sys.argv[1])]
-for bin in sys.argv[2:]:
-    mine = [list(map(float, r[1:])) for r in rows if r[0] == bin]
-    med = [statistics.median(col) for col in zip(*mine)]
-    print(f"{bin}: lag median {med[0]:.2f} ms, lag p99 {med[1]:.2f} ms, PUT p99 {med[2]:.2f} ms")
-EOF
+echo "$rate writes/s, ${seconds} s runs"
+alternate "$rounds" "lag median ms, lag p99 ms, PUT p99 ms" "$@"
