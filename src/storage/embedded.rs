@@ -282,7 +282,7 @@ struct FeedRead {
 impl Embedded {
     /// The feed after `after`, at most `limit` entries: the memtable's
     /// first `window` records, then redb's rows up to `limit` of those the
-    /// memtable does not hide (see `memtable::merge_feed`). Only what the
+    /// memtable does not hide (`memtable::row_hidden`, `merge_feed`). Only what the
     /// answer can hold is read, from either: a puller far behind a node
     /// whose memtable holds tens of thousands of records costs each
     /// request `limit` redb lookups, not one per record in the memtable.
@@ -301,6 +301,7 @@ impl Embedded {
         let txn = self.db.begin_read().map_err(other)?;
         let feed = txn.open_table(FEED).map_err(other)?;
         let records = txn.open_table(RECORDS).map_err(other)?;
+        let window = memtable::window_seqs(&mem);
         let mut disk = Vec::new();
         let mut complete = true;
         for item in feed
@@ -313,10 +314,7 @@ impl Embedded {
             }
             let (seq, key) = item.map_err(other)?;
             let (seq, key) = (seq.value(), key.value());
-            // The memtable's newer record of the key hides this row: the
-            // key comes at that record's seq. (Released since the memtable
-            // was read, it is in redb at its own seq, past this one.)
-            if self.shared.mem.seq_of(key).is_some_and(|s| s >= seq) {
+            if memtable::row_hidden(&window, self.shared.mem.seq_of(key), key, seq) {
                 continue;
             }
             let bytes = records.get(key).map_err(other)?.ok_or_else(|| {
@@ -324,6 +322,7 @@ impl Embedded {
             })?;
             disk.push(codec::decode(key, bytes.value())?);
         }
+        drop(window);
         let entries = memtable::merge_feed(mem, mem_complete, disk, complete, limit);
         Ok(FeedRead {
             entries,
