@@ -1025,10 +1025,11 @@ impl Storage for Embedded {
     async fn changes_since(&self, after: u64, limit: usize) -> Result<Vec<Entry>> {
         let merged = self.read_feed(after, limit, limit)?;
         if merged.entries.len() < limit && merged.window_cut {
-            // The applier released records between the two reads, and
-            // redb's newer rows of their keys left the answer short within
-            // the memtable's first records: read again, the whole memtable
-            // this time, so that a short answer still means "nothing more".
+            // A fold committed records written after the memtable was
+            // read, and redb's newer rows of their keys dropped some of the
+            // memtable's first records, leaving the answer short: read
+            // again, the whole memtable this time, so that a short answer
+            // still means "nothing more".
             return Ok(self.read_feed(after, limit, usize::MAX)?.entries);
         }
         Ok(merged.entries)
