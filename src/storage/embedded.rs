@@ -282,9 +282,9 @@ struct FeedRead {
 impl Embedded {
     /// The feed after `after`, at most `limit` entries: the memtable's
     /// first `window` records, then redb's rows up to `limit` of those the
-    /// memtable does not hide (`memtable::row_hidden`, `merge_feed`). Only what the
-    /// answer can hold is read, from either: a puller far behind a node
-    /// whose memtable holds tens of thousands of records costs each
+    /// memtable does not hide (`memtable::row_hidden`, `merge_feed`). Only
+    /// what the answer can hold is read, from either: a puller far behind
+    /// a node whose memtable holds tens of thousands of records costs each
     /// request `limit` redb lookups, not one per record in the memtable.
     fn read_feed(&self, after: u64, limit: usize, window: usize) -> Result<FeedRead> {
         let (mem, mem_complete) = self.shared.mem.since(after, window);
