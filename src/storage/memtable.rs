@@ -306,7 +306,7 @@ pub fn merge_feed(
         .iter()
         .map(|e| (e.record.key.as_str(), e.seq))
         .collect();
-    let mem_seq: HashMap<&str, u64> = mem.iter().map(|e| (e.record.key.as_str(), e.seq)).collect();
+    let mem_seq = window_seqs(&mem);
     let mut mem = mem
         .iter()
         .filter(|e| {
