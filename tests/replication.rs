@@ -1393,3 +1393,69 @@ fn a_node_far_behind_catches_up_in_small_answers_across_folds() {
         cluster.converge_to(&expected, CONVERGE).await;
     });
 }
+
+/// A puller reading ahead of its durable cursor names that cursor in
+/// `x-ripple-acked`: the peer records it as the acknowledgement, not
+/// `after`. Without the header `after` is the acknowledgement; a bad value
+/// answers 400.
+#[test]
+fn the_acknowledgement_is_the_durable_cursor_a_puller_names() {
+    let mut cluster = Cluster::start(3, "");
+    // n3 is down: nothing but this test speaks for it.
+    cluster.kill9(2);
+    let runtime = rt();
+    runtime.block_on(async {
+        let n1 = cluster.client(0);
+        for i in 0..5 {
+            let key = cluster.key_mastered_by(0, &format!("acked-{i}"));
+            let r = n1.put(&key, b("v"), None).await.unwrap();
+            assert!(r.status.is_success(), "{}", r.error_message());
+        }
+        let id = n1
+            .request(Method::GET, "/internal/v1/feed?limit=0", &[], Bytes::new())
+            .await
+            .unwrap();
+        let id = id.header("x-ripple-feed-id").unwrap().to_owned();
+        let ask = |acked: Option<&'static str>| {
+            let (n1, id) = (n1.clone(), id.clone());
+            async move {
+                let headers: Vec<_> = acked
+                    .map(|v| {
+                        (
+                            hyper::header::HeaderName::from_static("x-ripple-acked"),
+                            hyper::header::HeaderValue::from_static(v),
+                        )
+                    })
+                    .into_iter()
+                    .collect();
+                let path = format!("/internal/v1/feed?after=4&limit=10&feed={id}&from=n3");
+                n1.request(Method::GET, &path, &headers, Bytes::new())
+                    .await
+                    .unwrap()
+            }
+        };
+        let acked_of_n3 = || async {
+            let r = n1
+                .request(Method::GET, "/v1/status", &[], Bytes::new())
+                .await
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            let members = v["members"].as_array().unwrap().clone();
+            members.into_iter().find(|m| m["id"] == "n3").unwrap()["acked"].clone()
+        };
+        let r = ask(Some("2")).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.error_message());
+        assert_eq!(acked_of_n3().await, 2);
+        let r = ask(None).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.error_message());
+        assert_eq!(acked_of_n3().await, 4);
+        let r = ask(Some("two")).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        assert_eq!(common::error_code(&r), "bad_query");
+        assert_eq!(
+            acked_of_n3().await,
+            4,
+            "a refused request acknowledges nothing"
+        );
+    });
+}

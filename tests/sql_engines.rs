@@ -317,6 +317,7 @@ fn a_refused_batch_does_not_fail_its_group() {
                 tasks.push(tokio::spawn(async move {
                     engine
                         .apply(Batch {
+                            readable_before_durable: None,
                             records: vec![r],
                             cursor: None,
                         })

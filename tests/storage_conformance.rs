@@ -128,6 +128,7 @@ fn tomb(key: &str, ts: u64) -> Record {
 
 async fn apply(s: &Arc<dyn Storage>, records: Vec<Record>) -> Vec<Applied> {
     s.apply(Batch {
+        readable_before_durable: None,
         records,
         cursor: None,
     })
@@ -293,6 +294,7 @@ async fn cursor_moves_with_its_batch(h: &dyn Harness) {
     let s = h.open().await;
     assert_eq!(s.cursor("n2").await.unwrap(), 0);
     s.apply(Batch {
+        readable_before_durable: None,
         records: vec![rec("k", "v", 5)],
         cursor: Some(Cursor {
             peer: "n2".into(),
@@ -305,6 +307,7 @@ async fn cursor_moves_with_its_batch(h: &dyn Harness) {
     assert_eq!(s.cursor("n3").await.unwrap(), 0);
     // A batch whose records are all stale still moves the cursor.
     s.apply(Batch {
+        readable_before_durable: None,
         records: vec![rec("k", "old", 1)],
         cursor: Some(Cursor {
             peer: "n2".into(),
@@ -326,6 +329,7 @@ async fn everything_survives_a_reopen(h: &dyn Harness) {
     let s = h.open().await;
     apply(&s, vec![rec("a", "1", 1), tomb("b", 2)]).await;
     s.apply(Batch {
+        readable_before_durable: None,
         records: vec![rec("c", "3", 9)],
         cursor: Some(Cursor {
             peer: "n2".into(),
@@ -413,6 +417,7 @@ async fn closed_engine_refuses_writes(h: &dyn Harness) {
     s.close().await.unwrap();
     let err = s
         .apply(Batch {
+            readable_before_durable: None,
             records: vec![rec("k", "v", 1)],
             cursor: None,
         })

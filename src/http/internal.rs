@@ -49,6 +49,10 @@ pub async fn feed(State(state): State<AppState>, req: Request) -> Result<Respons
         .headers()
         .get(feed::SKIP_OWN)
         .is_some_and(|v| v.as_bytes() == b"1");
+    if let Some(v) = req.headers().get(feed::ACKED) {
+        let v = v.to_str().unwrap_or("");
+        q.acked = Some(number(feed::ACKED, v)?);
+    }
     let answer = feed::read(&state.repl, &q).await.map_err(NodeError::from)?;
     Ok(frame(
         codec::encode(&answer.entries),

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::storage::{Applied, Batch, Cursor, Record, Storage, StorageError};
+use crate::storage::{Applied, Batch, Cursor, OnReadable, Record, Storage, StorageError};
 pub use conditions::{EtagList, Preconditions};
 use version::{Clock, Version};
 
@@ -137,30 +137,39 @@ impl Node {
 
     /// Applies records pulled from `peer`'s feed, with the cursor that
     /// covers them, in one transaction: each record only when newer than
-    /// the stored one. Returns how many were stored.
+    /// the stored one. Returns, once durable, how many were stored.
+    ///
+    /// The records are durable at that peer already (a feed serves only
+    /// durable changes): readers here may see them, and blocking reads
+    /// wake, as soon as they are written to this node's log, before it
+    /// is synced; `written` is called then (with an engine that does not
+    /// do this, never: wait for the answer).
     pub async fn apply_remote(
         &self,
         peer: &str,
         records: Vec<Record>,
         cursor: u64,
+        written: impl Fn() + Send + Sync + 'static,
     ) -> Result<usize, StorageError> {
         let cursor = Cursor {
             peer: peer.to_owned(),
             seq: cursor,
         };
-        self.apply_from_peer(records, Some(cursor)).await
+        self.apply_from_peer(records, Some(cursor), Some(Arc::new(written)))
+            .await
     }
 
     /// Applies records an anti-entropy pass fetched from a peer: each only
     /// when newer than the stored one. Returns how many were stored.
     pub async fn apply_repaired(&self, records: Vec<Record>) -> Result<usize, StorageError> {
-        self.apply_from_peer(records, None).await
+        self.apply_from_peer(records, None, None).await
     }
 
     async fn apply_from_peer(
         &self,
         records: Vec<Record>,
         cursor: Option<Cursor>,
+        written: Option<Arc<dyn Fn() + Send + Sync>>,
     ) -> Result<usize, StorageError> {
         if let Some(ts) = records.iter().map(|r| r.version.ts).max() {
             // A version from a clock ahead of ours: ours moves past it, so
@@ -169,7 +178,21 @@ impl Node {
         }
         // Hashed before the records go: a blocking read may start meanwhile.
         let hashes: Vec<u64> = records.iter().map(|r| self.watchers.hash(&r.key)).collect();
-        let applied = self.storage.apply(Batch { records, cursor }).await?;
+        let readable_before_durable = written.map(|written| {
+            let (watchers, hashes) = (self.watchers.clone(), hashes.clone());
+            OnReadable(Arc::new(move || {
+                watchers.changed(hashes.iter().copied());
+                written();
+            }))
+        });
+        let applied = self
+            .storage
+            .apply(Batch {
+                records,
+                cursor,
+                readable_before_durable,
+            })
+            .await?;
         let mut stored = 0;
         for a in &applied {
             if let Applied::Stored { seq } = a {
@@ -322,6 +345,7 @@ impl Node {
                 .apply(Batch {
                     records: vec![record.clone()],
                     cursor: None,
+                    readable_before_durable: None,
                 })
                 .await?;
             if let Some(Applied::Stored { seq }) = applied.first() {

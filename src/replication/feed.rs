@@ -5,7 +5,9 @@
 //! for the headers), `wait_ms` (how long to wait for a change when there is
 //! none after `after`), `from` (the asker's node id) and `feed` (the feed id
 //! the cursor belongs to). Request header `x-ripple-skip-own: 1` leaves
-//! out the records the asker made as master (`FeedQuery::skip_own`). The
+//! out the records the asker made as master (`FeedQuery::skip_own`), and
+//! `x-ripple-acked: N` gives the asker's durable cursor when it reads ahead
+//! of it (`FeedQuery::acked`). The
 //! answer is a binary frame (`codec`) with headers:
 //! - `x-ripple-feed-id`: this node's feed id. When it differs from the
 //!   asker's `feed`, the answer carries no records and the asker starts over
@@ -18,8 +20,8 @@
 //!   (`replicas=`): the asker then asks again at once, as its next request
 //!   is what acknowledges the batch, rather than linger.
 //!
-//! A request whose `from` and `feed` match records `after` as that peer's
-//! acknowledgement (see `Replication::record_ack`).
+//! A request whose `from` and `feed` match records `x-ripple-acked` (else
+//! `after`) as that peer's acknowledgement (see `Replication::record_ack`).
 
 use std::time::Duration;
 
@@ -49,6 +51,12 @@ const SKIP_WAIT: Duration = Duration::from_millis(50);
 /// version the asker (`from`) made, as their master. See `FeedQuery`.
 pub const SKIP_OWN: &str = "x-ripple-skip-own";
 
+/// Request header: the asker's durable cursor, when below `after`. A
+/// header rather than a query parameter, so that a node of an earlier
+/// version (which refuses unknown parameters) still answers; it records
+/// `after` instead.
+pub const ACKED: &str = "x-ripple-acked";
+
 /// A feed request's parameters.
 #[derive(Debug, Default, Clone)]
 pub struct FeedQuery {
@@ -57,6 +65,11 @@ pub struct FeedQuery {
     pub wait: Duration,
     pub from: Option<String>,
     pub feed: u64,
+    /// The asker's durable cursor, when below `after`: a puller asks for
+    /// the next changes once it has written a batch to its log, before
+    /// the batch is durable (see `puller`), and only its durable cursor
+    /// acknowledges anything.
+    pub acked: Option<u64>,
     /// Leave out the records whose version `from` made: it holds each of
     /// them (or a newer version) durably, since a master answers a write
     /// only once it is durable, unless its data went back (wiped or
@@ -107,7 +120,7 @@ pub async fn read(repl: &Replication, q: &FeedQuery) -> Result<FeedAnswer, Stora
     }
     if let Some(from) = &q.from {
         if repl.members.get(from).is_some() && from != repl.members.self_id() {
-            repl.record_ack(from, q.after);
+            repl.record_ack(from, q.acked.map_or(q.after, |a| a.min(q.after)));
         }
     }
     let skip = match (&q.from, q.skip_own) {
@@ -198,13 +211,21 @@ pub async fn fetch(peers: &Peers, id: &str, q: &FeedQuery) -> Result<FeedAnswer,
         path.push_str(&format!("&from={from}"));
     }
     let timeout = q.wait + Duration::from_secs(30);
-    let skip = [(
-        hyper::header::HeaderName::from_static(SKIP_OWN),
-        hyper::header::HeaderValue::from_static("1"),
-    )];
-    let headers: &[_] = if q.skip_own { &skip } else { &[] };
+    let mut headers = Vec::new();
+    if q.skip_own {
+        headers.push((
+            hyper::header::HeaderName::from_static(SKIP_OWN),
+            hyper::header::HeaderValue::from_static("1"),
+        ));
+    }
+    if let Some(acked) = q.acked.filter(|a| *a < q.after) {
+        headers.push((
+            hyper::header::HeaderName::from_static(ACKED),
+            hyper::header::HeaderValue::from(acked),
+        ));
+    }
     let reply = peers
-        .send(id, Method::GET, &path, headers, Bytes::new(), timeout)
+        .send(id, Method::GET, &path, &headers, Bytes::new(), timeout)
         .await?;
     if reply.status != StatusCode::OK {
         return Err(FetchError::Bad(format!(

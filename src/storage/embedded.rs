@@ -2,11 +2,13 @@
 //! write-ahead log beside it, and two threads.
 //!
 //! Writes go to one writer thread (see `writer`), which decides for each
-//! group of queued batches which records take and at which seqs, makes the
-//! group durable in the write-ahead log (`wal`: one append, one
-//! fdatasync), puts it in the memtable (`memtable`), which makes it
-//! visible, and answers: an acknowledged write is durable, and the writer
-//! never waits on the B-tree. The applier thread folds the memtable into
+//! group of queued batches which records take and at which seqs and
+//! appends the group's frame to the write-ahead log (`wal`); a syncer
+//! thread fdatasyncs the log (once for every group written meanwhile),
+//! puts the groups in the memtable (`memtable`), which makes them visible,
+//! and answers: an acknowledged write is durable, and the writer waits
+//! neither on the disk nor on the B-tree. Records pulled from a peer are
+//! readable from the moment their frame is written (`early`). The applier thread folds the memtable into
 //! redb in one durable transaction every `apply_every` (or sooner when the
 //! memtable grows), off the write path, a routine fold on a short-lived
 //! helper thread that only uses idle CPU time (see `fold_when_idle`); once
@@ -32,9 +34,10 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
+use super::early::Early;
 use super::memtable::{self, Listed, Memtable};
 use super::paced::{Pace, PacedFile};
-use super::wal::{Frame, FrameBuilder, Retirer, Wal};
+use super::wal::{Frame, FrameBuilder, Retirer, Unsynced, Wal};
 use super::writer::{self, Purge, PurgeJob, Queue, Work, Writer};
 use super::{codec, Applied, Batch, Cursor, Entry, Result, Storage, StorageError, Version};
 
@@ -94,6 +97,9 @@ const SEGMENT_BYTES: u64 = 64 << 20;
 /// What readers, the writer and the applier share.
 struct Shared {
     mem: Memtable,
+    /// Records pulled from peers, readable while their frame is synced
+    /// (see `early`).
+    early: Early,
     cache: RecordCache,
     /// The highest seq and version ts the writer made visible.
     last_seq: AtomicU64,
@@ -222,6 +228,7 @@ impl Embedded {
         let stored_last_seq = read_u64(&db, META, LAST_SEQ)?;
         let shared = Arc::new(Shared {
             mem: Memtable::default(),
+            early: Early::default(),
             cache: RecordCache::new(cache_bytes / 4),
             last_seq: AtomicU64::new(stored_last_seq),
             max_ts: AtomicU64::new(read_u64(&db, META, MAX_TS)?),
@@ -354,8 +361,15 @@ fn stored_kind(key: &str, bytes: &[u8]) -> Result<(u64, bool)> {
     Ok((seq, bytes[1] & 1 == 1))
 }
 
-/// The writer thread: log each group, hand purges to the applier, and
-/// seal the log's segment when it is due (the applier retires it).
+/// The writer thread: decide and log each group, hand it to the syncer
+/// (which makes it durable, visible, and answers), hand purges to the
+/// applier, and seal the log's segment when it is due (the applier
+/// retires it).
+///
+/// The writer does not wait for the disk: while the syncer's fdatasync
+/// runs, it decides and writes the groups queued behind. Records pulled
+/// from a peer are readable as soon as their frame is written (see
+/// `early`); everything else waits for the sync.
 fn writer_loop(
     db: &Database,
     shared: &Shared,
@@ -364,48 +378,269 @@ fn writer_loop(
     segment_age: Duration,
     to_applier: &std::sync::mpsc::Sender<ToApplier>,
 ) {
-    let mut lookup = Lookup::default();
-    while let Some(work) = queue.blocking_next() {
-        match work {
-            Work::Commit(group) => {
-                lookup.let_go_if_behind(shared);
-                if let Err(e) = wait_for_room(shared, to_applier) {
-                    group.answer(Err(e));
-                    continue;
-                }
-                match log_group(db, shared, wal, &mut lookup, &group.batches) {
-                    Err(e) if group.should_split(&e) => {
-                        for one in group.split() {
-                            let batches = std::slice::from_ref(&one.batch);
-                            let result = log_group(db, shared, wal, &mut lookup, batches);
-                            if let Ok(results) = &result {
-                                shared.cache.stored(batches, results);
-                            }
-                            one.answer(result);
-                        }
-                    }
-                    result => {
-                        if let Ok(results) = &result {
-                            shared.cache.stored(&group.batches, results);
-                        }
-                        group.answer(result)
-                    }
-                }
-                if shared.mem.bytes() >= NUDGE_BYTES {
-                    nudge(shared, to_applier);
-                }
-            }
-            Work::Purge(job) => {
-                if let Err(std::sync::mpsc::SendError(ToApplier::Purge(job))) =
-                    to_applier.send(ToApplier::Purge(job))
-                {
-                    job.answer(Err(StorageError::Unavailable(
-                        "the storage applier stopped".into(),
-                    )));
-                }
-            }
+    let progress = Progress::default();
+    let (to_syncer, logged) = std::sync::mpsc::channel::<Logged>();
+    std::thread::scope(|scope| {
+        let syncer = std::thread::Builder::new()
+            .name("ripple-syncer".into())
+            .spawn_scoped(scope, || syncer_loop(shared, logged, &progress));
+        if let Err(e) = syncer {
+            tracing::error!(error = %e, "cannot start the log's syncer thread");
+            return;
         }
-        wal.rotate_when_due(segment_age, SEGMENT_BYTES);
+        let mut lookup = Lookup::default();
+        let mut flight = InFlight::new(shared);
+        let send = |flight: &mut InFlight, logged: Logged| {
+            flight.sent += 1;
+            // The syncer outlives this loop: the send cannot fail.
+            let _ = to_syncer.send(logged);
+        };
+        while let Some(work) = queue.blocking_next() {
+            flight.prune(progress.done());
+            match work {
+                Work::Commit(group) => {
+                    lookup.let_go_if_behind(shared);
+                    if let Err(e) = wait_for_room(shared, to_applier) {
+                        group.answer(Err(e));
+                        continue;
+                    }
+                    match log_group(db, shared, wal, &mut lookup, &mut flight, &group.batches) {
+                        Ok(parts) => send(&mut flight, parts.answering(Caller::Group(group))),
+                        Err(e) if group.should_split(&e) => {
+                            for one in group.split() {
+                                let batches = std::slice::from_ref(&one.batch);
+                                match log_group(db, shared, wal, &mut lookup, &mut flight, batches)
+                                {
+                                    Ok(parts) => {
+                                        send(&mut flight, parts.answering(Caller::Single(one)))
+                                    }
+                                    Err(e) => one.answer(Err(e)),
+                                }
+                            }
+                        }
+                        Err(e) => group.answer(Err(e)),
+                    }
+                    if shared.mem.bytes() >= NUDGE_BYTES {
+                        nudge(shared, to_applier);
+                    }
+                }
+                Work::Purge(job) => {
+                    // A purge sees every group logged before it.
+                    progress.wait_for(flight.sent);
+                    if let Err(std::sync::mpsc::SendError(ToApplier::Purge(job))) =
+                        to_applier.send(ToApplier::Purge(job))
+                    {
+                        job.answer(Err(StorageError::Unavailable(
+                            "the storage applier stopped".into(),
+                        )));
+                    }
+                }
+            }
+            wal.rotate_when_due(segment_age, SEGMENT_BYTES, || {
+                progress.wait_for(flight.sent)
+            });
+        }
+        // The syncer ends once it has answered everything sent.
+        drop(to_syncer);
+    });
+}
+
+/// How many logged groups the syncer has finished with, and whether it
+/// stopped.
+#[derive(Default)]
+struct Progress {
+    done: Mutex<(u64, bool)>,
+    moved: std::sync::Condvar,
+}
+
+impl Progress {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, bool)> {
+        self.done.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn done(&self) -> u64 {
+        self.lock().0
+    }
+
+    fn finished_one(&self) {
+        self.lock().0 += 1;
+        self.moved.notify_all();
+    }
+
+    /// Waits until the syncer has finished with `sent` groups, or stopped
+    /// (it panicked: the groups sent to it are answered with an error as
+    /// their replies are dropped).
+    fn wait_for(&self, sent: u64) {
+        let mut done = self.lock();
+        while done.0 < sent && !done.1 {
+            done = self.moved.wait(done).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// Marks the syncer stopped when its thread ends, however it ends.
+struct Stopped<'a>(&'a Progress);
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        self.0.lock().1 = true;
+        self.0.moved.notify_all();
+    }
+}
+
+/// Whom a logged group answers: a whole group, or one batch of a group
+/// split after it failed as a whole.
+enum Caller {
+    Group(writer::Group),
+    Single(writer::Single),
+}
+
+impl Caller {
+    fn batches(&self) -> &[Batch] {
+        match self {
+            Caller::Group(g) => &g.batches,
+            Caller::Single(one) => std::slice::from_ref(&one.batch),
+        }
+    }
+
+    fn answer(self, result: Result<Vec<Vec<Applied>>>) {
+        match self {
+            Caller::Group(g) => g.answer(result),
+            Caller::Single(one) => one.answer(result),
+        }
+    }
+}
+
+/// What the writer decided for a group and wrote to the log.
+struct Parts {
+    results: Vec<Vec<Applied>>,
+    stored: Vec<Entry>,
+    cursors: Vec<Cursor>,
+    last_seq: u64,
+    max_ts: u64,
+    /// The records readable already (see `early`).
+    early: Vec<Entry>,
+    /// `None` when nothing was stored and no cursor moved.
+    frames: Option<Unsynced>,
+}
+
+impl Parts {
+    fn answering(self, caller: Caller) -> Logged {
+        Logged {
+            parts: self,
+            caller,
+        }
+    }
+}
+
+/// A group written to the log, for the syncer.
+struct Logged {
+    parts: Parts,
+    caller: Caller,
+}
+
+/// The syncer thread: for every group logged (in order), waits for its
+/// frame to be on disk, puts its records in the memtable, which makes
+/// them visible (and publishes the last seq), and answers. One fdatasync
+/// covers every group written before it started.
+fn syncer_loop(shared: &Shared, logged: std::sync::mpsc::Receiver<Logged>, progress: &Progress) {
+    let _stopped = Stopped(progress);
+    while let Ok(first) = logged.recv() {
+        let mut groups = vec![first];
+        groups.extend(logged.try_iter());
+        // The segment synced last, while its sync stands for the groups
+        // after it (rotation waits for every group, so most often all of
+        // them share one).
+        let mut synced: Option<&Unsynced> = None;
+        let mut outcomes = Vec::with_capacity(groups.len());
+        for group in &groups {
+            let outcome = match &group.parts.frames {
+                None => Ok(()),
+                Some(frames) if synced.is_some_and(|s| s.same_segment(frames)) => Ok(()),
+                Some(frames) => {
+                    let r = frames.sync();
+                    synced = r.is_ok().then_some(frames);
+                    r
+                }
+            };
+            outcomes.push(outcome);
+        }
+        for (group, outcome) in groups.into_iter().zip(outcomes) {
+            let Logged { parts, caller } = group;
+            match outcome {
+                Ok(()) => {
+                    if parts.frames.is_some() {
+                        // The last seq moves with the records, under the
+                        // memtable's lock: a feed reader that saw them
+                        // must not then read an older last seq (its
+                        // peer's cursor would run ahead of it, which reads
+                        // as a store gone back in time), nor one it can
+                        // see no records for yet.
+                        let (last_seq, max_ts) = (parts.last_seq, parts.max_ts);
+                        shared.mem.insert(parts.stored, &parts.cursors, || {
+                            shared.max_ts.fetch_max(max_ts, Ordering::SeqCst);
+                            shared.last_seq.store(last_seq, Ordering::SeqCst);
+                        });
+                        // After the memtable has them: a reader that
+                        // misses them there finds them here.
+                        shared.early.remove(&parts.early);
+                    }
+                    shared.cache.stored(caller.batches(), &parts.results);
+                    caller.answer(Ok(parts.results));
+                }
+                Err(e) => {
+                    // Readable for a moment; durable at their source,
+                    // and pulled again after the restart a failed sync
+                    // calls for.
+                    shared.early.remove(&parts.early);
+                    caller.answer(Err(e));
+                }
+            }
+            progress.finished_one();
+        }
+    }
+}
+
+/// What the writer has logged that the syncer has not put in the memtable
+/// yet: the writer's version checks must see it.
+struct InFlight {
+    /// The seq and version of each key's latest such record.
+    versions: super::FastMap<String, (u64, Version)>,
+    /// Per group sent and not yet pruned, in order: its keys and seqs.
+    groups: VecDeque<Vec<(String, u64)>>,
+    /// Groups sent to the syncer, and how many of them were pruned here.
+    sent: u64,
+    pruned: u64,
+    /// The last seq taken and the highest version ts logged.
+    last_seq: u64,
+    max_ts: u64,
+}
+
+impl InFlight {
+    fn new(shared: &Shared) -> InFlight {
+        InFlight {
+            versions: Default::default(),
+            groups: VecDeque::new(),
+            sent: 0,
+            pruned: 0,
+            last_seq: shared.last_seq.load(Ordering::SeqCst),
+            max_ts: shared.max_ts.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Forgets the groups the syncer finished with: the memtable has them.
+    fn prune(&mut self, done: u64) {
+        while self.pruned < done {
+            let Some(keys) = self.groups.pop_front() else {
+                break;
+            };
+            for (key, seq) in keys {
+                if self.versions.get(&key).is_some_and(|(s, _)| *s == seq) {
+                    self.versions.remove(&key);
+                }
+            }
+            self.pruned += 1;
+        }
     }
 }
 
@@ -474,31 +709,40 @@ impl Lookup {
     }
 }
 
-/// Decides which records of the group take, at which seqs; logs their
-/// effects in the write-ahead log, then makes them visible in the memtable.
+/// Decides which records of the group take, at which seqs, and writes
+/// their effects to the write-ahead log; records pulled from a peer become
+/// readable then (see `early`). The syncer does the rest (`syncer_loop`).
 fn log_group(
     db: &Database,
     shared: &Shared,
     wal: &mut Wal,
     lookup: &mut Lookup,
+    flight: &mut InFlight,
     batches: &[Batch],
-) -> Result<Vec<Vec<Applied>>> {
-    let mut last_seq = shared.last_seq.load(Ordering::SeqCst);
-    let mut max_ts = shared.max_ts.load(Ordering::SeqCst);
+) -> Result<Parts> {
+    let mut last_seq = flight.last_seq;
+    let mut max_ts = flight.max_ts;
     // Records stored earlier in this group, which the lookup cannot see.
     let mut here: super::FastMap<&str, &Version> = Default::default();
     let mut log = FrameBuilder::default();
     let mut stored = Vec::new();
     let mut cursors = Vec::new();
     let mut results = Vec::with_capacity(batches.len());
+    // Records readable before the fdatasync, and whom to tell.
+    let mut early = Vec::new();
+    let mut on_readable = Vec::new();
     for batch in batches {
+        let from = stored.len();
         let mut applied = Vec::with_capacity(batch.records.len());
         for record in &batch.records {
             let newer = match here.get(record.key.as_str()) {
                 Some(v) => **v >= record.version,
-                None => lookup
-                    .version(db, shared, &record.key)?
-                    .is_some_and(|v| v >= record.version),
+                None => match flight.versions.get(&record.key) {
+                    Some((_, v)) => *v >= record.version,
+                    None => lookup
+                        .version(db, shared, &record.key)?
+                        .is_some_and(|v| v >= record.version),
+                },
             };
             if newer {
                 applied.push(Applied::Stale);
@@ -518,22 +762,45 @@ fn log_group(
             log.cursor(cursor);
             cursors.push(cursor.clone());
         }
+        if let Some(hook) = &batch.readable_before_durable {
+            early.extend_from_slice(&stored[from..]);
+            on_readable.push(hook);
+        }
         results.push(applied);
     }
-    if log.is_empty() {
+    let frames = if log.is_empty() {
         // Nothing stored, no cursor moved: nothing to make durable.
-        return Ok(results);
+        None
+    } else {
+        Some(wal.write(log)?)
+    };
+    let keys: Vec<(String, u64)> = stored
+        .iter()
+        .map(|e| (e.record.key.clone(), e.seq))
+        .collect();
+    for e in &stored {
+        flight
+            .versions
+            .insert(e.record.key.clone(), (e.seq, e.record.version.clone()));
     }
-    wal.append(log)?;
-    // The last seq moves with the records, under the memtable's lock: a
-    // feed reader that saw them must not then read an older last seq
-    // (its peer's cursor would run ahead of it, which reads as a store
-    // gone back in time), nor one it can see no records for yet.
-    shared.mem.insert(stored, &cursors, || {
-        shared.max_ts.fetch_max(max_ts, Ordering::SeqCst);
-        shared.last_seq.store(last_seq, Ordering::SeqCst);
-    });
-    Ok(results)
+    flight.groups.push_back(keys);
+    flight.last_seq = last_seq;
+    flight.max_ts = max_ts;
+    if frames.is_some() {
+        shared.early.insert(&early);
+        for hook in on_readable {
+            (hook.0)();
+        }
+    }
+    Ok(Parts {
+        results,
+        stored,
+        cursors,
+        last_seq,
+        max_ts,
+        early,
+        frames,
+    })
 }
 
 /// The applier thread: fold the memtable into redb every `every`, or when
@@ -953,6 +1220,9 @@ impl Storage for Embedded {
         // cache again, so what is read from redb below is not cached over
         // it.
         let generation = cache.generation(key);
+        if let Some(entry) = self.shared.early.get(key) {
+            return Ok(Some(entry));
+        }
         if let Some(entry) = self.shared.mem.get(key) {
             return Ok(Some(entry));
         }
@@ -1282,6 +1552,7 @@ mod tests {
                 .map(|i| entry(&format!("k{i:04}"), i, &format!("v{i}")).record)
                 .collect(),
             cursor: None,
+            readable_before_durable: None,
         };
         s.apply(write(1..301)).await.unwrap();
         // Stops at its third look: after 128 of the 300 records.
@@ -1330,6 +1601,7 @@ mod tests {
         let one = |e: Entry| Batch {
             records: vec![e.record],
             cursor: None,
+            readable_before_durable: None,
         };
         // Reads past the memtable and the cache, from redb.
         let from_redb = |key: &str| {
@@ -1375,6 +1647,7 @@ mod tests {
                             .map(|i| entry(&format!("k{i}"), i, "v").record)
                             .collect(),
                         cursor: None,
+                        readable_before_durable: None,
                     };
                     s.apply(batch).await.unwrap();
                 }
@@ -1411,6 +1684,7 @@ mod tests {
         let batch = Batch {
             records: vec![entry("k", 2, "new").record],
             cursor: None,
+            readable_before_durable: None,
         };
         cache.stored(
             std::slice::from_ref(&batch),
@@ -1433,6 +1707,7 @@ mod tests {
         let batch = Batch {
             records: vec![entry("k", 2, &"n".repeat(100)).record],
             cursor: None,
+            readable_before_durable: None,
         };
         cache.stored(
             std::slice::from_ref(&batch),

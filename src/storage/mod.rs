@@ -14,6 +14,7 @@
 //! which ones took. Versions, conditions and keys are the node core's job.
 
 pub mod codec;
+pub mod early;
 pub mod embedded;
 pub mod memtable;
 pub mod paced;
@@ -70,6 +71,24 @@ pub struct Cursor {
 pub struct Batch {
     pub records: Vec<Record>,
     pub cursor: Option<Cursor>,
+    /// For records already durable elsewhere (pulled from a peer's feed,
+    /// which serves only durable changes): an engine may make them
+    /// readable (`get`) before they are durable here, and calls this once
+    /// they are. Nothing else moves early: `apply` still returns once they
+    /// are durable, and only then do they enter this node's feed and does
+    /// the cursor move. An engine that does not do this ignores it.
+    pub readable_before_durable: Option<OnReadable>,
+}
+
+/// What an engine calls when a batch's records became readable before
+/// they were durable (see `Batch::readable_before_durable`).
+#[derive(Clone)]
+pub struct OnReadable(pub std::sync::Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for OnReadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnReadable")
+    }
 }
 
 /// What became of one record of a batch.

@@ -4,17 +4,18 @@
 //! fsyncs).
 //!
 //! The writer thread, for each group: decides which records take (and
-//! their seqs), appends the effects (every stored record with its seq,
-//! every cursor moved) to this log as one frame, fdatasyncs, and only then
-//! puts them in the memtable (`memtable`), which makes them visible; then
-//! it answers. The applier thread folds the memtable into redb in durable
+//! their seqs) and appends the effects (every stored record with its seq,
+//! every cursor moved) to this log as one frame; the syncer thread
+//! fdatasyncs, and only then puts them in the memtable (`memtable`), which
+//! makes them visible; then it answers. The applier thread folds the memtable into redb in durable
 //! transactions, in the background; once a segment's frames are all in
 //! redb, the applier retires the segment (`Retirer::retire`), so the
 //! writer never waits on that rename or unlink; the writer's own file work
 //! is sealing the segment (cutting a reused file back to its frames) and
 //! starting the next (a rename and a directory sync), once per fold
-//! interval. So everything a reader (or a peer pulling the feed) can
-//! see is in the log or durably in redb.
+//! interval. So everything a peer pulling the feed can see is in the log
+//! or durably in redb; so is everything a reader can see, but the records
+//! pulled from peers (durable there) between their write and their sync.
 //!
 //! After a crash, redb opens at its last durable commit; `replay` then
 //! applies every logged record whose seq is above that commit's last seq,
@@ -42,7 +43,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::{codec, Cursor, Entry, Result, StorageError};
@@ -210,7 +211,7 @@ fn take_u32(r: &mut &[u8]) -> Option<u32> {
 pub struct Wal {
     dir: PathBuf,
     /// The segment written to.
-    file: File,
+    file: Arc<File>,
     path: PathBuf,
     number: u64,
     len: u64,
@@ -225,12 +226,41 @@ pub struct Wal {
     /// tail may hold a partial frame, after which nothing may be appended
     /// (replay would stop there). Writes fail until a restart.
     broken: Option<String>,
+    /// Set once an fdatasync of the log failed (see `write`).
+    sync_failed: Arc<OnceLock<String>>,
     /// The thread making a spare ahead, if one was started.
     maker: Option<Maker>,
     /// The segment for which a spare was last asked for: one try per
     /// segment, so that a disk that refuses (full, say) is not asked again
     /// after every group.
     spare_asked_for: u64,
+}
+
+/// Frames written and not yet synced (see `Wal::write`).
+pub struct Unsynced {
+    file: Arc<File>,
+    path: PathBuf,
+    failed: Arc<OnceLock<String>>,
+}
+
+impl Unsynced {
+    /// Waits until the frames written so far to this segment are on disk.
+    /// A failed fdatasync fails this and every later sync and write.
+    pub fn sync(&self) -> Result<()> {
+        if let Some(why) = self.failed.get() {
+            return Err(StorageError::Unavailable(why.clone()));
+        }
+        self.file.sync_data().map_err(|e| {
+            let err = io(&self.path, "cannot sync", e);
+            let _ = self.failed.set(format!("{err}; restart the node"));
+            err
+        })
+    }
+
+    /// Whether these frames are in the same segment as `other`'s.
+    pub fn same_segment(&self, other: &Unsynced) -> bool {
+        Arc::ptr_eq(&self.file, &other.file)
+    }
 }
 
 /// A thread filling a spare with zeros (see `make_spare`).
@@ -447,7 +477,7 @@ impl Wal {
         let mut wal = Wal {
             dir: dir.to_owned(),
             // Replaced just below by the first real segment.
-            file: File::open(dir).map_err(|e| io(dir, "cannot open", e))?,
+            file: Arc::new(File::open(dir).map_err(|e| io(dir, "cannot open", e))?),
             path: PathBuf::new(),
             number: last,
             len: 0,
@@ -460,6 +490,7 @@ impl Wal {
                 made: None,
             })),
             broken: None,
+            sync_failed: Default::default(),
             maker: None,
             spare_asked_for: 0,
         };
@@ -492,7 +523,7 @@ impl Wal {
         };
         sync_dir(&self.dir)?;
         self.size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        self.file = file;
+        self.file = Arc::new(file);
         self.path = path;
         self.number = number;
         self.len = 0;
@@ -509,23 +540,33 @@ impl Wal {
     }
 
     /// Appends one group's frame (built for this segment) and waits until
-    /// it is on disk. On failure the log is cut back to where it was, so a
-    /// frame whose group was not acknowledged never stays in it.
+    /// it is on disk (`write`, then `Unsynced::sync`).
     pub fn append(&mut self, frame: FrameBuilder) -> Result<()> {
+        self.write(frame)?.sync()
+    }
+
+    /// Writes one group's frame (built for this segment) after the others,
+    /// without waiting for the disk: the returned `Unsynced` does that, on
+    /// any thread. A frame that could not be written is cut back, so it
+    /// never stays in the log. Once a sync failed, nothing more is
+    /// written: the frames after the last good sync may or may not be on
+    /// disk, and only a restart (which replays what is there) knows; so a
+    /// write answered with that error may or may not have happened.
+    pub fn write(&mut self, frame: FrameBuilder) -> Result<Unsynced> {
         use std::os::unix::fs::FileExt;
-        if let Some(why) = &self.broken {
+        if let Some(why) = self.broken.as_ref().or(self.sync_failed.get()) {
             return Err(StorageError::Unavailable(why.clone()));
         }
         let frame = frame.finish_for(self.number);
-        let result = self
-            .file
-            .write_all_at(&frame, self.len)
-            .and_then(|_| self.file.sync_data());
-        match result {
+        match self.file.write_all_at(&frame, self.len) {
             Ok(()) => {
                 self.len += frame.len() as u64;
                 self.frames += 1;
-                Ok(())
+                Ok(Unsynced {
+                    file: self.file.clone(),
+                    path: self.path.clone(),
+                    failed: self.sync_failed.clone(),
+                })
             }
             Err(e) => {
                 let err = io(&self.path, "cannot append", e);
@@ -576,13 +617,18 @@ impl Wal {
     /// a spare made ahead for it is ready: as large as a segment grows in
     /// `max_age` at the rate this one did, and half again, at most
     /// `max_len`.
-    pub fn rotate_when_due(&mut self, max_age: Duration, max_len: u64) {
+    ///
+    /// `drain` is called first, when a rotation is due: it must return
+    /// once every frame written is synced, since sealing works on the
+    /// file and the applier may retire the segment once folded.
+    pub fn rotate_when_due(&mut self, max_age: Duration, max_len: u64, drain: impl FnOnce()) {
         let growing = self.len > self.size.saturating_add(GROWTH_BEFORE_MAKING);
         if growing {
             self.make_spare_ahead(max_age, max_len);
         }
         let made = growing && lock(&self.shelf).made.is_some();
         if self.len > 0 && (self.started.elapsed() >= max_age || self.len >= max_len || made) {
+            drain();
             // Appending to the current one is still right.
             if let Err(e) = self.rotate() {
                 tracing::error!(error = %e, "cannot start a new write-ahead log segment");
@@ -679,7 +725,7 @@ mod tests {
     /// What the applier and the writer do between them after a group.
     fn release(wal: &mut Wal, applied: u64, max_age: Duration, max_len: u64) {
         wal.retirer().retire(applied);
-        wal.rotate_when_due(max_age, max_len);
+        wal.rotate_when_due(max_age, max_len, || {});
     }
 
     fn builder(entries: &[Entry], cursors: &[Cursor]) -> FrameBuilder {
@@ -798,7 +844,7 @@ mod tests {
             wal.append(builder(&[entry(seq, "k", b"v", false)], &[]))
                 .unwrap();
             // One frame per segment; redb has all but the last five.
-            wal.rotate_when_due(long, 1);
+            wal.rotate_when_due(long, 1, || {});
             applied.store(seq.saturating_sub(5), Ordering::SeqCst);
         }
         stop.store(true, Ordering::SeqCst);
@@ -880,7 +926,7 @@ mod tests {
         for seq in 1..=120 {
             wal.append(builder(&[entry(seq, "k", &value, false)], &[]))
                 .unwrap();
-            wal.rotate_when_due(long, 64 << 20);
+            wal.rotate_when_due(long, 64 << 20, || {});
             if let Some(m) = &wal.maker {
                 let id = m.thread.thread().id();
                 assert_eq!(*first_maker.get_or_insert(id), id, "asked again at {seq}");
@@ -910,7 +956,7 @@ mod tests {
             seq += 1;
             wal.append(builder(&[entry(seq, "k", &value, false)], &[]))
                 .unwrap();
-            wal.rotate_when_due(long, max_len);
+            wal.rotate_when_due(long, max_len, || {});
         };
         // Under the growth that calls for a spare: none is made.
         while wal.len + (64 << 10) < GROWTH_BEFORE_MAKING {
