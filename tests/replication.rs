@@ -1013,11 +1013,7 @@ fn a_peer_is_not_sent_back_what_it_mastered() {
 
         // n2's feed, as n1 asks for it.
         let n2 = cluster.client(1);
-        let id = n2
-            .request(Method::GET, "/internal/v1/feed?limit=0", &[], Bytes::new())
-            .await
-            .unwrap();
-        let id = id.header("x-ripple-feed-id").unwrap().to_owned();
+        let id = cluster.feed_id(1).await;
         let skip = [(
             hyper::header::HeaderName::from_static("x-ripple-skip-own"),
             hyper::header::HeaderValue::from_static("1"),
@@ -1411,11 +1407,7 @@ fn the_acknowledgement_is_the_durable_cursor_a_puller_names() {
             let r = n1.put(&key, b("v"), None).await.unwrap();
             assert!(r.status.is_success(), "{}", r.error_message());
         }
-        let id = n1
-            .request(Method::GET, "/internal/v1/feed?limit=0", &[], Bytes::new())
-            .await
-            .unwrap();
-        let id = id.header("x-ripple-feed-id").unwrap().to_owned();
+        let id = cluster.feed_id(0).await;
         let ask = |acked: Option<&'static str>| {
             let (n1, id) = (n1.clone(), id.clone());
             async move {

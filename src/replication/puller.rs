@@ -95,9 +95,7 @@ pub async fn run(repl: Arc<Replication>, peer: String) {
     while !repl.is_stopped() {
         if let Err(e) = settle(&mut applying, &mut cursor, false).await {
             read_to = cursor;
-            apply_failed(&pull, &peer, &e);
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            apply_failed(&pull, &peer, &e, &mut backoff).await;
             continue;
         }
         let q = FeedQuery {
@@ -215,9 +213,7 @@ pub async fn run(repl: Arc<Replication>, peer: String) {
         }
         if let Err(e) = outcome {
             read_to = cursor;
-            apply_failed(&pull, &peer, &e);
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            apply_failed(&pull, &peer, &e, &mut backoff).await;
             continue;
         }
         caught_up |= read_to >= answer.last_seq;
@@ -254,8 +250,13 @@ pub async fn run(repl: Arc<Replication>, peer: String) {
     let _ = settle(&mut applying, &mut cursor, true).await;
 }
 
-fn apply_failed(pull: &Pull, peer: &str, error: &str) {
+/// After a batch failed to apply: shows the error and waits out the
+/// backoff (doubling it) before the puller reads again from its durable
+/// cursor.
+async fn apply_failed(pull: &Pull, peer: &str, error: &str, backoff: &mut Duration) {
     tracing::warn!(%peer, %error, "cannot apply a feed batch");
     pull.status
         .send_modify(|s| s.last_error = Some(error.to_owned()));
+    tokio::time::sleep(*backoff).await;
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
 }

@@ -29,14 +29,14 @@ impl Early {
 
     /// Makes these records readable; a later one of a key (a higher seq)
     /// replaces an earlier one.
-    pub fn insert(&self, entries: &[Entry]) {
+    pub fn insert(&self, entries: Vec<Entry>) {
         let mut records = self.lock();
         for e in entries {
             match records.get_mut(&e.record.key) {
                 Some(held) if held.seq >= e.seq => {}
-                Some(held) => *held = e.clone(),
+                Some(held) => *held = e,
                 None => {
-                    records.insert(e.record.key.clone(), e.clone());
+                    records.insert(e.record.key.clone(), e);
                 }
             }
         }
@@ -52,16 +52,16 @@ impl Early {
         records.get(key).cloned()
     }
 
-    /// Takes these records out again (each only if what is held for its
-    /// key is that very record).
-    pub fn remove(&self, entries: &[Entry]) {
-        if entries.is_empty() {
+    /// Takes these records out again, named by key and seq (each only if
+    /// what is held for its key is that very record).
+    pub fn remove(&self, keys: &[(String, u64)]) {
+        if keys.is_empty() {
             return;
         }
         let mut records = self.lock();
-        for e in entries {
-            if records.get(&e.record.key).is_some_and(|h| h.seq == e.seq) {
-                records.remove(&e.record.key);
+        for (key, seq) in keys {
+            if records.get(key).is_some_and(|h| h.seq == *seq) {
+                records.remove(key);
             }
         }
         self.held.store(records.len(), Ordering::SeqCst);
@@ -94,13 +94,13 @@ mod tests {
     fn a_record_is_readable_until_taken_out_and_never_replaced_by_an_older_one() {
         let early = Early::default();
         assert_eq!(early.get("a"), None);
-        early.insert(&[entry("a", 3), entry("b", 4)]);
-        early.insert(&[entry("a", 2)]);
+        early.insert(vec![entry("a", 3), entry("b", 4)]);
+        early.insert(vec![entry("a", 2)]);
         assert_eq!(early.get("a").map(|e| e.seq), Some(3));
         // Taking out an older record of the key leaves the newer one.
-        early.remove(&[entry("a", 2)]);
+        early.remove(&[("a".into(), 2)]);
         assert_eq!(early.get("a").map(|e| e.seq), Some(3));
-        early.remove(&[entry("a", 3), entry("b", 4)]);
+        early.remove(&[("a".into(), 3), ("b".into(), 4)]);
         assert_eq!(early.get("a"), None);
         assert_eq!(early.get("b"), None);
         assert_eq!(early.held.load(Ordering::SeqCst), 0);

@@ -518,8 +518,8 @@ struct Parts {
     cursors: Vec<Cursor>,
     last_seq: u64,
     max_ts: u64,
-    /// The records readable already (see `early`).
-    early: Vec<Entry>,
+    /// The key and seq of each record readable already (see `early`).
+    early: Vec<(String, u64)>,
     /// `None` when nothing was stored and no cursor moved.
     frames: Option<Unsynced>,
 }
@@ -728,8 +728,9 @@ fn log_group(
     let mut stored = Vec::new();
     let mut cursors = Vec::new();
     let mut results = Vec::with_capacity(batches.len());
-    // Records readable before the fdatasync, and whom to tell.
-    let mut early = Vec::new();
+    // Records readable before the fdatasync (ranges of `stored`), and
+    // whom to tell.
+    let mut early_from = Vec::new();
     let mut on_readable = Vec::new();
     for batch in batches {
         let from = stored.len();
@@ -763,7 +764,7 @@ fn log_group(
             cursors.push(cursor.clone());
         }
         if let Some(hook) = &batch.readable_before_durable {
-            early.extend_from_slice(&stored[from..]);
+            early_from.push(from..stored.len());
             on_readable.push(hook);
         }
         results.push(applied);
@@ -783,15 +784,21 @@ fn log_group(
             .versions
             .insert(e.record.key.clone(), (e.seq, e.record.version.clone()));
     }
-    flight.groups.push_back(keys);
-    flight.last_seq = last_seq;
-    flight.max_ts = max_ts;
-    if frames.is_some() {
-        shared.early.insert(&early);
+    let mut early = Vec::new();
+    if frames.is_some() && !early_from.is_empty() {
+        let entries = early_from.iter().flat_map(|r| stored[r.clone()].iter());
+        shared.early.insert(entries.cloned().collect());
+        early = early_from
+            .into_iter()
+            .flat_map(|r| keys[r].iter().cloned())
+            .collect();
         for hook in on_readable {
             (hook.0)();
         }
     }
+    flight.groups.push_back(keys);
+    flight.last_seq = last_seq;
+    flight.max_ts = max_ts;
     Ok(Parts {
         results,
         stored,

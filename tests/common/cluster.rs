@@ -185,6 +185,21 @@ impl Cluster {
             .unwrap()
     }
 
+    /// Node i's feed id, as a puller learns it (an empty feed answer).
+    pub async fn feed_id(&self, i: usize) -> String {
+        let r = self
+            .client(i)
+            .request(
+                hyper::Method::GET,
+                "/internal/v1/feed?limit=0",
+                &[],
+                bytes::Bytes::new(),
+            )
+            .await
+            .unwrap();
+        r.header("x-ripple-feed-id").unwrap().to_owned()
+    }
+
     /// Every live key and value on node i, through the v1 API.
     pub async fn contents(&self, i: usize) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
         let c = self.client(i);
