@@ -129,6 +129,19 @@ impl Queue {
         Some(self.gather(first))
     }
 
+    /// Waits on a blocking thread until work is queued, and keeps it for
+    /// `blocking_next`: whether it should go at once (a purge, or a batch
+    /// readable before it is durable). `None` once closed.
+    pub fn blocking_wait(&mut self) -> Option<bool> {
+        if self.held.is_none() {
+            self.held = Some(self.rx.blocking_recv()?);
+        }
+        Some(match &self.held {
+            Some(Job::Apply { batch, .. }) => batch.readable_before_durable.is_some(),
+            _ => true,
+        })
+    }
+
     /// The next work, waiting in a task. `None` once closed.
     pub async fn next(&mut self) -> Option<Work> {
         let first = match self.held.take() {
