@@ -11,7 +11,8 @@
 #   bench/compare.sh                      # 64 connections, 100-byte values, 100k keys, 10 s, 3 rounds
 #   CONNS=32 DURATION=5 ROUNDS=1 bench/compare.sh
 #
-# Each round runs every store once; the table gives the median of the
+# Each round starts every store, runs the writes, then the reads, with the
+# runs a target compares back to back; the table gives the median of the
 # rounds (and each round's ops/s), and the ratios compare medians.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,13 +48,6 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-
-# Stops the store started last and waits until it has exited, so that its
-# shutdown does not run into the next store's measurement.
-stop_last() {
-    kill "${pids[-1]}" 2>/dev/null || true
-    wait "${pids[-1]}" 2>/dev/null || true
-}
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -114,11 +108,11 @@ EOF
     tail -n 1 "$results" >&2
 }
 
-# redis-benchmark SET then GET, recorded.
+# redis-benchmark, one test (set or get), recorded.
 redis_run() {
-    local store=$1 port=$2
+    local store=$1 port=$2 test=$3
     local n=$((CONNS * 3000))
-    redis-benchmark -p "$port" -c "$CONNS" -d "$VALUE_SIZE" -r "$KEYS" -n "$n" -t set,get --csv -q \
+    redis-benchmark -p "$port" -c "$CONNS" -d "$VALUE_SIZE" -r "$KEYS" -n "$n" -t "$test" --csv -q \
         >"$work/redis.csv"
     python3 - "$store" "$work/redis.csv" >>"$results" <<'EOF'
 import csv, sys
@@ -130,63 +124,81 @@ for row in rows[1:]:
     workload = {"SET": "put", "GET": "get"}[r["test"]]
     print(store, workload, round(float(r["rps"])), r["p50_latency_ms"], r["p99_latency_ms"], "redis-benchmark")
 EOF
-    tail -n 2 "$results" >&2
+    tail -n 1 "$results" >&2
 }
 
-# A private redis-server with these persistence options, measured, stopped.
-redis_store() {
-    local store=$1
-    shift
-    local port
-    port=$(free_port)
-    mkdir -p "$work/$store-$round"
-    redis-server --port "$port" --bind 127.0.0.1 --dir "$work/$store-$round" --save '' \
-        --daemonize no "$@" >/dev/null &
+# Starts a server in the background; its pid joins the round's.
+start() {
+    "$@" &
     pids+=($!)
-    wait_port "$port"
-    redis_run "$store" "$port"
-    stop_last
 }
 
-# Every store in turn, ROUNDS times, so that each figure is a median of
-# runs spread over the whole comparison: this machine's speed drifts.
+# Stops every server of the round and waits until they have exited, so
+# that no shutdown runs into the next round.
+stop_all() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    pids=()
+}
+
+# Runs two measurements back to back, the first one first in odd rounds
+# and second in even ones: the two figures a target compares are taken
+# moments apart, and neither always goes first.
+pair() {
+    if [ $((round % 2)) -eq 1 ]; then
+        eval "$1"
+        eval "$2"
+    else
+        eval "$2"
+        eval "$1"
+    fi
+}
+
+# Each round starts every store at once (each idle until its turn), runs
+# every write workload, then every read workload; the figures a target
+# compares run back to back (see `pair`). The table gives medians of the
+# rounds: this machine's speed drifts over minutes.
 for round in $(seq 1 "$ROUNDS"); do
-    echo "== round $round: HTTP floor" >&2
-    port=$(free_port)
-    "$FLOOR" "127.0.0.1:$port" >/dev/null &
-    pids+=($!)
-    wait_port "$port"
-    KEYS=$KEYS wrk_run floor get "http://127.0.0.1:$port" bench/wrk-ripple-get.lua
-    stop_last
-
-    echo "== round $round: Ripple (embedded, durable)" >&2
-    port=$(free_port)
-    "$RIPPLE" serve --listen "127.0.0.1:$port" --data-dir "$work/ripple-$round" >/dev/null 2>"$work/ripple.log" &
-    pids+=($!)
-    wait_port "$port"
-    ripple_bench ripple put "http://127.0.0.1:$port"
-    ripple_bench ripple get "http://127.0.0.1:$port" --preload
-    KEYS=$KEYS wrk_run ripple get "http://127.0.0.1:$port" bench/wrk-ripple-get.lua
-    stop_last
-
-    echo "== round $round: Redis, appendfsync always" >&2
-    redis_store redis-aof-always --appendonly yes --appendfsync always
-
-    echo "== round $round: Redis, no persistence" >&2
-    redis_store redis-no-persistence --appendonly no
-
-    echo "== round $round: etcd 3.4" >&2
-    port=$(free_port)
+    echo "== round $round: starting every store" >&2
+    floor=$(free_port)
+    start "$FLOOR" "127.0.0.1:$floor" >/dev/null
+    ripple=$(free_port)
+    start "$RIPPLE" serve --listen "127.0.0.1:$ripple" --data-dir "$work/ripple-$round" \
+        >/dev/null 2>"$work/ripple.log"
+    aof=$(free_port)
+    mkdir -p "$work/aof-$round" "$work/plain-$round"
+    start redis-server --port "$aof" --bind 127.0.0.1 --dir "$work/aof-$round" --save '' \
+        --daemonize no --appendonly yes --appendfsync always >/dev/null
+    plain=$(free_port)
+    start redis-server --port "$plain" --bind 127.0.0.1 --dir "$work/plain-$round" --save '' \
+        --daemonize no --appendonly no >/dev/null
+    etcd=$(free_port)
     peer=$(free_port)
-    etcd --name bench --data-dir "$work/etcd-$round" \
-        --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
+    start etcd --name bench --data-dir "$work/etcd-$round" \
+        --listen-client-urls "http://127.0.0.1:$etcd" --advertise-client-urls "http://127.0.0.1:$etcd" \
         --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
-        --initial-cluster "bench=http://127.0.0.1:$peer" --log-level error >/dev/null 2>&1 &
-    pids+=($!)
-    wait_port "$port"
-    OP=put KEYS=$KEYS VALUE_SIZE=$VALUE_SIZE wrk_run etcd put "http://127.0.0.1:$port" bench/wrk-etcd.lua
-    OP=range KEYS=$KEYS VALUE_SIZE=$VALUE_SIZE wrk_run etcd get "http://127.0.0.1:$port" bench/wrk-etcd.lua
-    stop_last
+        --initial-cluster "bench=http://127.0.0.1:$peer" --log-level error >/dev/null 2>&1
+    for port in "$floor" "$ripple" "$aof" "$plain" "$etcd"; do wait_port "$port"; done
+
+    echo "== round $round: writes" >&2
+    pair 'ripple_bench ripple put "http://127.0.0.1:$ripple"' \
+        'redis_run redis-aof-always "$aof" set'
+    redis_run redis-no-persistence "$plain" set
+    OP=put KEYS=$KEYS VALUE_SIZE=$VALUE_SIZE wrk_run etcd put "http://127.0.0.1:$etcd" bench/wrk-etcd.lua
+    # Every key present for the reads (not recorded), then a pause so that
+    # no store still works off the writes when the reads start.
+    "$RIPPLE" bench --url "http://127.0.0.1:$ripple" --workload get --preload --connections "$CONNS" \
+        --keys "$KEYS" --value-size "$VALUE_SIZE" --duration 1s >/dev/null 2>&1
+    sleep 5
+
+    echo "== round $round: reads" >&2
+    pair 'KEYS=$KEYS wrk_run floor get "http://127.0.0.1:$floor" bench/wrk-ripple-get.lua' \
+        'KEYS=$KEYS wrk_run ripple get "http://127.0.0.1:$ripple" bench/wrk-ripple-get.lua'
+    pair 'ripple_bench ripple get "http://127.0.0.1:$ripple"' \
+        'redis_run redis-no-persistence "$plain" get'
+    redis_run redis-aof-always "$aof" get
+    OP=range KEYS=$KEYS VALUE_SIZE=$VALUE_SIZE wrk_run etcd get "http://127.0.0.1:$etcd" bench/wrk-etcd.lua
+    stop_all
 done
 
 machine="$(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), Linux $(uname -r)"
@@ -210,7 +222,8 @@ lines = [
     f"Written by `bench/compare.sh` on {datetime.date.today()}: {machine}.",
     f"Every store on loopback on this one machine, client and server sharing its cores;",
     f"{conns} connections, {size}-byte values, {keys} keys, {duration} s per run,",
-    f"{rounds} rounds (each round runs every store in turn); medians of the rounds.",
+    f"{rounds} rounds (each: every store's writes, then its reads; the runs a ratio compares",
+    f"back to back, in turns going first); medians of the rounds.",
     "",
     "| store | workload | ops/s (median) | each round | p50 ms | p99 ms | client |",
     "|---|---|---:|---|---:|---:|---|",

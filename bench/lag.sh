@@ -48,7 +48,9 @@ stop_cluster() {
 }
 trap 'stop_cluster; rm -rf "$work"' EXIT
 
-# Prints "lag_median lag_p99 put_p99" (ms) for one run of $1.
+# Prints "lag_median lag_p99 put_p99" (ms) and the CPU each node used
+# (cores, the mean of the three over the run, warm-up included) for one
+# run of $1.
 run() {
     local bin=$1 dir
     for port in "${ports[@]}"; do
@@ -67,17 +69,33 @@ run() {
         sleep 0.1
     done
     sleep 1
+    local nodes before after
+    nodes=$(pgrep -P "$cluster" | tr '\n' ' ')
+    before=$(cpu_ticks "$nodes")
     "$bin" bench --url "$urls" --workload put --rate "$rate" --connections 128 \
         --keys 100000 --duration "${seconds}s" --warmup 1s --json >"$dir/bench.json"
+    after=$(cpu_ticks "$nodes")
     stop_cluster
-    python3 - "$dir/bench.json" <<'EOF'
+    python3 - "$dir/bench.json" "$before" "$after" "$(getconf CLK_TCK)" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
 lag = r["replication_lag"]
 put = r["ops"]["put"]["latency_ms"]
-print(f'{lag["median_ms"]:.2f} {lag["p99_ms"]:.2f} {put["p99"]:.2f}')
+ticks = int(sys.argv[3]) - int(sys.argv[2])
+cores = ticks / int(sys.argv[4]) / (r["warmup_s"] + r["elapsed_s"]) / 3
+print(f'{lag["median_ms"]:.2f} {lag["p99_ms"]:.2f} {put["p99"]:.2f} {cores:.2f}')
 EOF
 }
 
+# CPU time (user and system, in clock ticks) the given processes used so
+# far, summed.
+cpu_ticks() {
+    local total=0 pid
+    for pid in $1; do
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+    done
+    echo "$total"
+}
+
 echo "$rate writes/s, ${seconds} s runs"
-alternate "$rounds" "lag median ms, lag p99 ms, PUT p99 ms" "$@"
+alternate "$rounds" "lag median ms, lag p99 ms, PUT p99 ms, cores per node" "$@"
