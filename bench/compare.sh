@@ -43,7 +43,7 @@ FLOOR=target/release/examples/http_floor
 work=$(mktemp -d)
 pids=()
 cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in ${pids[@]+"${pids[@]}"}; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
     rm -rf "$work"
 }
@@ -141,6 +141,13 @@ stop_all() {
     pids=()
 }
 
+# A pause after a write run, so that what a store does in the background
+# after it (Ripple folds its memtable into its B-tree) settles before the
+# next store's run.
+settle() {
+    sleep "${SETTLE:-5}"
+}
+
 # Runs two measurements back to back, the first one first in odd rounds
 # and second in even ones: the two figures a target compares are taken
 # moments apart, and neither always goes first.
@@ -154,9 +161,10 @@ pair() {
     fi
 }
 
-# Each round starts every store at once (each idle until its turn), runs
-# every write workload, then every read workload; the figures a target
-# compares run back to back (see `pair`). The table gives medians of the
+# Each round starts every store at once (each idle until its turn, but
+# for what its own runs leave to do in the background: see `settle`),
+# runs every write workload, then every read workload; the figures a
+# target compares run back to back (see `pair`). The table gives medians of the
 # rounds: this machine's speed drifts over minutes.
 for round in $(seq 1 "$ROUNDS"); do
     echo "== round $round: starting every store" >&2
@@ -181,15 +189,16 @@ for round in $(seq 1 "$ROUNDS"); do
     for port in "$floor" "$ripple" "$aof" "$plain" "$etcd"; do wait_port "$port"; done
 
     echo "== round $round: writes" >&2
-    pair 'ripple_bench ripple put "http://127.0.0.1:$ripple"' \
-        'redis_run redis-aof-always "$aof" set'
+    pair 'ripple_bench ripple put "http://127.0.0.1:$ripple"; settle' \
+        'redis_run redis-aof-always "$aof" set; settle'
     redis_run redis-no-persistence "$plain" set
+    settle
     OP=put KEYS=$KEYS VALUE_SIZE=$VALUE_SIZE wrk_run etcd put "http://127.0.0.1:$etcd" bench/wrk-etcd.lua
     # Every key present for the reads (not recorded), then a pause so that
     # no store still works off the writes when the reads start.
     "$RIPPLE" bench --url "http://127.0.0.1:$ripple" --workload get --preload --connections "$CONNS" \
         --keys "$KEYS" --value-size "$VALUE_SIZE" --duration 1s >/dev/null 2>&1
-    sleep 5
+    settle
 
     echo "== round $round: reads" >&2
     pair 'KEYS=$KEYS wrk_run floor get "http://127.0.0.1:$floor" bench/wrk-ripple-get.lua' \

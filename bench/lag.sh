@@ -71,10 +71,14 @@ run() {
     sleep 1
     local nodes before after
     nodes=$(pgrep -P "$cluster" | tr '\n' ' ')
+    if [ "$(echo "$nodes" | wc -w)" -ne 3 ]; then
+        echo "$0: expected the cluster's 3 nodes as its children, found: $nodes" >&2
+        exit 1
+    fi
     before=$(cpu_ticks "$nodes")
     "$bin" bench --url "$urls" --workload put --rate "$rate" --connections 128 \
         --keys 100000 --duration "${seconds}s" --warmup 1s --json >"$dir/bench.json"
-    after=$(cpu_ticks "$nodes")
+    after=$(cpu_ticks "$nodes") || { echo "$0: a node stopped during the run" >&2; exit 1; }
     stop_cluster
     python3 - "$dir/bench.json" "$before" "$after" "$(getconf CLK_TCK)" <<'EOF'
 import json, sys
@@ -90,9 +94,10 @@ EOF
 # CPU time (user and system, in clock ticks) the given processes used so
 # far, summed.
 cpu_ticks() {
-    local total=0 pid
+    local total=0 pid ticks
     for pid in $1; do
-        total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+        ticks=$(awk '{print $14 + $15}' "/proc/$pid/stat") || return 1
+        total=$((total + ticks))
     done
     echo "$total"
 }

@@ -95,7 +95,7 @@ pub async fn run(repl: Arc<Replication>, peer: String) {
     while !repl.is_stopped() {
         if let Err(e) = settle(&mut applying, &mut cursor, false).await {
             read_to = cursor;
-            apply_failed(&pull, &peer, &e, &mut backoff).await;
+            apply_failed(&repl, &pull, &peer, &e, &mut backoff).await;
             continue;
         }
         let q = FeedQuery {
@@ -213,7 +213,7 @@ pub async fn run(repl: Arc<Replication>, peer: String) {
         }
         if let Err(e) = outcome {
             read_to = cursor;
-            apply_failed(&pull, &peer, &e, &mut backoff).await;
+            apply_failed(&repl, &pull, &peer, &e, &mut backoff).await;
             continue;
         }
         caught_up |= read_to >= answer.last_seq;
@@ -251,12 +251,21 @@ pub async fn run(repl: Arc<Replication>, peer: String) {
 }
 
 /// After a batch failed to apply: shows the error and waits out the
-/// backoff (doubling it) before the puller reads again from its durable
-/// cursor.
-async fn apply_failed(pull: &Pull, peer: &str, error: &str, backoff: &mut Duration) {
+/// backoff (doubling it), or until replication stops, before the puller
+/// reads again from its durable cursor.
+async fn apply_failed(
+    repl: &Replication,
+    pull: &Pull,
+    peer: &str,
+    error: &str,
+    backoff: &mut Duration,
+) {
     tracing::warn!(%peer, %error, "cannot apply a feed batch");
     pull.status
         .send_modify(|s| s.last_error = Some(error.to_owned()));
-    tokio::time::sleep(*backoff).await;
+    tokio::select! {
+        _ = tokio::time::sleep(*backoff) => {}
+        _ = repl.stopped() => {}
+    }
     *backoff = (*backoff * 2).min(MAX_BACKOFF);
 }

@@ -13,6 +13,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::RwLock;
 
+use super::memtable::Listed;
 use super::{Entry, FastMap};
 
 #[derive(Default)]
@@ -50,6 +51,27 @@ impl Early {
         }
         let records = self.records.read().unwrap_or_else(|p| p.into_inner());
         records.get(key).cloned()
+    }
+
+    /// The keys held that start with `prefix` and sort after
+    /// `start_after`, as a listing sees them (unsorted).
+    pub fn keys(&self, prefix: &str, start_after: Option<&str>) -> Vec<Listed> {
+        if self.held.load(Ordering::SeqCst) == 0 {
+            return Vec::new();
+        }
+        let records = self.records.read().unwrap_or_else(|p| p.into_inner());
+        records
+            .values()
+            .filter(|e| {
+                let k = e.record.key.as_str();
+                k.starts_with(prefix) && start_after.is_none_or(|after| k > after)
+            })
+            .map(|e| Listed {
+                key: e.record.key.clone(),
+                seq: e.seq,
+                tombstone: e.record.tombstone,
+            })
+            .collect()
     }
 
     /// Takes these records out again, named by key and seq (each only if
@@ -100,6 +122,11 @@ mod tests {
         // Taking out an older record of the key leaves the newer one.
         early.remove(&[("a".into(), 2)]);
         assert_eq!(early.get("a").map(|e| e.seq), Some(3));
+        let mut listed: Vec<_> = early.keys("", None).into_iter().map(|l| l.key).collect();
+        listed.sort();
+        assert_eq!(listed, ["a", "b"]);
+        assert_eq!(early.keys("", Some("a")).len(), 1);
+        assert_eq!(early.keys("b", None).len(), 1);
         early.remove(&[("a".into(), 3), ("b".into(), 4)]);
         assert_eq!(early.get("a"), None);
         assert_eq!(early.get("b"), None);

@@ -255,13 +255,25 @@ impl Embedded {
                 })
                 .map_err(|e| StorageError::Other(format!("cannot start applier thread: {e}")))?
         };
-        let (writer, queue) = writer::queue();
+        let progress = Arc::new(Progress::default());
+        let (writer, queue) = {
+            let progress = progress.clone();
+            writer::queue_telling(move || progress.urgent_came())
+        };
         let thread = {
             let (db, shared) = (db.clone(), shared.clone());
             std::thread::Builder::new()
                 .name("ripple-writer".into())
                 .spawn(move || {
-                    writer_loop(&db, &shared, queue, &mut wal, segment_age, &to_applier);
+                    writer_loop(
+                        &db,
+                        &shared,
+                        queue,
+                        &mut wal,
+                        &progress,
+                        segment_age,
+                        &to_applier,
+                    );
                     // The applier folds in what is left, then exits.
                     drop(to_applier);
                     let finished = applier.join().is_ok() && shared.mem.is_empty();
@@ -372,25 +384,27 @@ fn stored_kind(key: &str, bytes: &[u8]) -> Result<(u64, bool)> {
 /// The writer does not wait for the disk: while the syncer's fdatasync
 /// runs, it decides and writes the groups queued behind. A write that
 /// comes during a sync is synced after it in any case, so the writer lets
-/// such writes gather for up to `GATHER_WHILE_SYNCING` (until the sync
-/// ends) and writes them as one group: one frame and one hand-over for
-/// many, which leaves more CPU time to serve requests. Records pulled from
-/// a peer go at once: they are readable as soon as their frame is written
-/// (see `early`); everything else waits for the sync.
+/// such writes gather for up to `GATHER_WHILE_SYNCING`, until the syncer
+/// has finished with what it was sent (synced it, put it in the memtable,
+/// answered), and writes them as one group: one frame and one hand-over
+/// for many, which leaves more CPU time to serve requests. Records pulled
+/// from a peer go at once, and end such a wait when they are queued
+/// (`Progress::urgent_came`): they are readable as soon as their frame is
+/// written (see `early`); everything else waits for the sync.
 fn writer_loop(
     db: &Database,
     shared: &Shared,
     mut queue: Queue,
     wal: &mut Wal,
+    progress: &Progress,
     segment_age: Duration,
     to_applier: &std::sync::mpsc::Sender<ToApplier>,
 ) {
-    let progress = Progress::default();
     let (to_syncer, logged) = std::sync::mpsc::channel::<Logged>();
     std::thread::scope(|scope| {
         let syncer = std::thread::Builder::new()
             .name("ripple-syncer".into())
-            .spawn_scoped(scope, || syncer_loop(shared, logged, &progress));
+            .spawn_scoped(scope, || syncer_loop(shared, logged, progress));
         if let Err(e) = syncer {
             tracing::error!(error = %e, "cannot start the log's syncer thread");
             return;
@@ -473,9 +487,13 @@ struct ProgressState {
     /// The syncer stopped (it panicked: the groups sent to it are
     /// answered with an error as their replies are dropped).
     stopped: bool,
-    /// Whether the writer waits (`wait_for`): the syncer wakes it only
-    /// then, not after every group.
+    /// Whether the writer waits (`wait_for`, `wait_at_most`; it is the
+    /// only thread that waits): the syncer wakes it only then, not after
+    /// every group.
     waiting: bool,
+    /// Work that should go at once was queued since the writer last let
+    /// work gather (see `wait_at_most`).
+    urgent: bool,
 }
 
 impl Progress {
@@ -495,12 +513,23 @@ impl Progress {
         }
     }
 
+    /// Work that should go at once was queued: a writer letting work
+    /// gather stops waiting.
+    fn urgent_came(&self) {
+        let mut state = self.lock();
+        state.urgent = true;
+        if state.waiting {
+            self.moved.notify_all();
+        }
+    }
+
     /// Waits until the syncer has finished with `sent` groups, or stopped,
-    /// or `most` has passed.
+    /// or `most` has passed, or work that should go at once was queued
+    /// (since the last such wait).
     fn wait_at_most(&self, sent: u64, most: Duration) {
         let deadline = Instant::now() + most;
         let mut state = self.lock();
-        while state.done < sent && !state.stopped {
+        while state.done < sent && !state.stopped && !state.urgent {
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                 break;
             };
@@ -512,6 +541,7 @@ impl Progress {
                 .0;
         }
         state.waiting = false;
+        state.urgent = false;
     }
 
     /// Waits until the syncer has finished with `sent` groups, or stopped.
@@ -1306,7 +1336,17 @@ impl Storage for Embedded {
         limit: usize,
     ) -> Result<Vec<String>> {
         // The memtable first, then redb (see `memtable::merge_keys`).
-        let mem = self.shared.mem.keys(prefix, start_after);
+        // Records readable before they are durable count as the memtable's:
+        // read before it, as a record enters the memtable before it leaves
+        // `early`, so one moving between the two is seen in one of them.
+        let early = self.shared.early.keys(prefix, start_after);
+        let mut mem = self.shared.mem.keys(prefix, start_after);
+        if !early.is_empty() {
+            // A key in both: its later record.
+            mem.extend(early);
+            mem.sort_unstable_by(|a, b| a.key.cmp(&b.key).then(b.seq.cmp(&a.seq)));
+            mem.dedup_by(|later, kept| later.key == kept.key);
+        }
         let in_mem: std::collections::HashSet<&str> = mem.iter().map(|l| l.key.as_str()).collect();
         let txn = self.db.begin_read().map_err(other)?;
         let records = txn.open_table(RECORDS).map_err(other)?;
@@ -1570,7 +1610,7 @@ mod tests {
     use crate::storage::Record;
 
     #[test]
-    fn the_writer_waits_for_the_syncer_no_longer_than_it_asked() {
+    fn the_writer_waits_for_the_syncer_no_longer_than_it_asked_nor_past_urgent_work() {
         let progress = Progress::default();
         // Nothing sent: no wait at all.
         let start = Instant::now();
@@ -1594,6 +1634,14 @@ mod tests {
             assert!(start.elapsed() < Duration::from_secs(10));
         });
         assert_eq!(progress.done(), 1);
+        // Work that should go at once ends a wait, once.
+        progress.urgent_came();
+        let start = Instant::now();
+        progress.wait_at_most(2, Duration::from_secs(30));
+        assert!(start.elapsed() < Duration::from_secs(10));
+        let start = Instant::now();
+        progress.wait_at_most(2, Duration::from_millis(20));
+        assert!(start.elapsed() >= Duration::from_millis(20));
     }
 
     fn entry(key: &str, seq: u64, value: &str) -> Entry {

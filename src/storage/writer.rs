@@ -136,10 +136,7 @@ impl Queue {
         if self.held.is_none() {
             self.held = Some(self.rx.blocking_recv()?);
         }
-        Some(match &self.held {
-            Some(Job::Apply { batch, .. }) => batch.readable_before_durable.is_some(),
-            _ => true,
-        })
+        Some(self.held.as_ref().is_none_or(is_urgent))
     }
 
     /// The next work, waiting in a task. `None` once closed.
@@ -180,6 +177,16 @@ impl Queue {
     }
 }
 
+/// Whether a job should go at once rather than wait for others to
+/// gather: a purge, or a batch readable before it is durable (pulled
+/// from a peer, see `Batch::readable_before_durable`).
+fn is_urgent(job: &Job) -> bool {
+    match job {
+        Job::Apply { batch, .. } => batch.readable_before_durable.is_some(),
+        Job::Purge { .. } => true,
+    }
+}
+
 fn batch_bytes(batch: &Batch) -> usize {
     batch
         .records
@@ -191,6 +198,10 @@ fn batch_bytes(batch: &Batch) -> usize {
 /// The callers' end of the queue.
 pub struct Writer {
     tx: Mutex<Option<mpsc::UnboundedSender<Job>>>,
+    /// Called after queueing work that should go at once (see
+    /// `Queue::blocking_wait`), so that a writer letting other work
+    /// gather stops waiting.
+    on_urgent: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 /// A new queue: the `Writer` for callers, the `Queue` for the writer.
@@ -199,13 +210,33 @@ pub fn queue() -> (Writer, Queue) {
     (
         Writer {
             tx: Mutex::new(Some(tx)),
+            on_urgent: None,
         },
         Queue { rx, held: None },
     )
 }
 
+/// A new queue whose `Writer` calls `on_urgent` after queueing work that
+/// should go at once.
+pub fn queue_telling(on_urgent: impl Fn() + Send + Sync + 'static) -> (Writer, Queue) {
+    let (mut writer, queue) = queue();
+    writer.on_urgent = Some(Box::new(on_urgent));
+    (writer, queue)
+}
+
 impl Writer {
     fn submit(&self, job: Job) -> Result<()> {
+        let urgent = is_urgent(&job);
+        self.send(job)?;
+        if urgent {
+            if let Some(tell) = &self.on_urgent {
+                tell();
+            }
+        }
+        Ok(())
+    }
+
+    fn send(&self, job: Job) -> Result<()> {
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
         match tx.as_ref().map(|tx| tx.send(job)) {
             Some(Ok(())) => Ok(()),
