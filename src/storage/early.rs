@@ -62,15 +62,7 @@ impl Early {
         let records = self.records.read().unwrap_or_else(|p| p.into_inner());
         records
             .values()
-            .filter(|e| {
-                let k = e.record.key.as_str();
-                k.starts_with(prefix) && start_after.is_none_or(|after| k > after)
-            })
-            .map(|e| Listed {
-                key: e.record.key.clone(),
-                seq: e.seq,
-                tombstone: e.record.tombstone,
-            })
+            .filter_map(|e| Listed::of(e, prefix, start_after))
             .collect()
     }
 

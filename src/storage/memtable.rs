@@ -90,6 +90,19 @@ pub struct Listed {
     pub tombstone: bool,
 }
 
+impl Listed {
+    /// `e` as a listing from `prefix`, after `start_after`, sees it; `None`
+    /// when out of that listing's range.
+    pub fn of(e: &Entry, prefix: &str, start_after: Option<&str>) -> Option<Listed> {
+        let k = e.record.key.as_str();
+        (k.starts_with(prefix) && start_after.is_none_or(|after| k > after)).then(|| Listed {
+            key: e.record.key.clone(),
+            seq: e.seq,
+            tombstone: e.record.tombstone,
+        })
+    }
+}
+
 /// What a record costs the memtable: its bytes, and its place in two maps.
 fn cost(e: &Entry) -> usize {
     e.footprint() + 160
@@ -203,18 +216,9 @@ impl Memtable {
             out.extend(
                 t.records
                     .values()
-                    .filter(|e| {
-                        let k = e.record.key.as_str();
-                        k.starts_with(prefix)
-                            && start_after.is_none_or(|after| k > after)
-                            // A key in the active table hides the frozen one.
-                            && (i == 0 || !m.active.records.contains_key(k))
-                    })
-                    .map(|e| Listed {
-                        key: e.record.key.clone(),
-                        seq: e.seq,
-                        tombstone: e.record.tombstone,
-                    }),
+                    .filter_map(|e| Listed::of(e, prefix, start_after))
+                    // A key in the active table hides the frozen one.
+                    .filter(|l| i == 0 || !m.active.records.contains_key(&l.key)),
             );
         }
         out.sort_unstable_by(|a, b| a.key.cmp(&b.key));
